@@ -1,0 +1,102 @@
+"""The narrow interface between the signaling service and whatever connects the nodes.
+
+A backend is two things, kept together because the guarantees need them atomic:
+
+- a membership store (who is in which room, and which connection owns each membership);
+- a broker of per-room channels carrying opaque envelopes (bytes) between nodes.
+
+Contract for implementations (the service relies on every line):
+
+- Channel order is total: every subscriber of a room sees that room's envelopes in one
+  order, and a membership change (`join`, `leave`) is published atomically with the change
+  itself, so a node can tell from its position in the channel what a joiner was shown.
+- Submission order is kept: calls to `join`, `leave`, `relay` and `publish` made by one
+  task reach the channel in the order they were made, and none is sent twice.
+- `subscribe` returns only once the subscription is live: anything published after it
+  returns reaches this node (announce-after-subscribe rests on this).
+- `on_envelope` is called from one reader task, in channel order, and must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+EnvelopeHandler = Callable[[str, bytes], None]
+"""Receives (room, payload) for every envelope on a subscribed room channel, in order."""
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot be reached; frames that need it are answered `unavailable`."""
+
+
+class RoomFull(Exception):
+    """The room already holds its maximum number of peers."""
+
+
+class Backend(ABC):
+    """What a node needs from the cluster fabric. See the module docstring for the rules."""
+
+    node_id: str
+
+    @abstractmethod
+    async def start(self, on_envelope: EnvelopeHandler) -> None:
+        """Connect and start delivering envelopes of subscribed rooms to `on_envelope`."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop reading, forget this node's liveness, and close connections."""
+
+    @property
+    @abstractmethod
+    def ready(self) -> bool:
+        """True while the backend is reachable."""
+
+    @abstractmethod
+    async def subscribe(self, room: str) -> None:
+        """Start receiving the room's envelopes; returns once the subscription is live."""
+
+    @abstractmethod
+    async def unsubscribe(self, room: str) -> None:
+        """Stop receiving the room's envelopes."""
+
+    @abstractmethod
+    async def join(
+        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0
+    ) -> list[str]:
+        """Make `conn` the owner of `peer`'s membership and publish the join, atomically.
+
+        Publishes `takeover` if the peer was already a member (another connection owned
+        it), `fresh` otherwise. Returns the ids that were members before, without `peer`.
+        Raises `RoomFull` when `limit` > 0 and the room already holds `limit` other peers.
+        """
+
+    @abstractmethod
+    async def leave(self, room: str, peer: str, conn: str, envelope: bytes) -> bool:
+        """Remove the membership if `conn` still owns it, and then publish `envelope`.
+
+        Returns False, publishing nothing, when another connection owns it (a takeover).
+        """
+
+    @abstractmethod
+    async def relay(self, room: str, to: str, envelope: bytes) -> asyncio.Future[bool]:
+        """Queue `envelope` for the room channel if `to` is a member.
+
+        Returns at once (after waiting only for queue space) with a future that resolves to
+        whether `to` was a member, or fails with `BackendUnavailable`.
+        """
+
+    @abstractmethod
+    async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
+        """Queue `envelope` for the room channel; the future fails if it was not sent."""
+
+
+def resolved(value: T) -> asyncio.Future[T]:
+    """A future that is already done, for backends that act synchronously."""
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future

@@ -1,0 +1,111 @@
+"""In-memory backend: the embedded single-node default, and a cluster simulator for tests.
+
+Several `MemoryBackend`s sharing one `MemoryHub` behave like nodes sharing one Redis:
+each has its own inbox and reader task, so envelopes reach every node asynchronously but
+in one order per room, exactly as Redis pub/sub delivers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import structlog
+
+from app.backend.base import Backend, EnvelopeHandler, RoomFull, resolved
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class MemoryHub:
+    """The shared state that Redis holds in a real cluster."""
+
+    members: dict[str, dict[str, str]] = field(default_factory=dict)  # room -> peer -> conn
+    subscribers: dict[str, set[MemoryBackend]] = field(default_factory=dict)
+    nodes: set[str] = field(default_factory=set)
+
+    def publish(self, room: str, payload: bytes) -> None:
+        for node in self.subscribers.get(room, ()):
+            node.inbox.put_nowait((room, payload))
+
+    def peers(self, room: str) -> list[str]:
+        return list(self.members.get(room, ()))
+
+
+class MemoryBackend(Backend):
+    def __init__(self, node_id: str, hub: MemoryHub | None = None) -> None:
+        self.node_id = node_id
+        self.hub = hub if hub is not None else MemoryHub()
+        self.inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, on_envelope: EnvelopeHandler) -> None:
+        self.hub.nodes.add(self.node_id)
+        self._reader = asyncio.create_task(self._read(on_envelope), name="memory-reader")
+
+    async def stop(self) -> None:
+        self.hub.nodes.discard(self.node_id)
+        for subscribers in self.hub.subscribers.values():
+            subscribers.discard(self)
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    @property
+    def ready(self) -> bool:
+        return self._reader is not None and not self._reader.done()
+
+    async def _read(self, on_envelope: EnvelopeHandler) -> None:
+        while True:
+            room, payload = await self.inbox.get()
+            try:
+                on_envelope(room, payload)
+            except Exception:
+                log.exception("envelope handler failed", room=room)
+
+    async def subscribe(self, room: str) -> None:
+        self.hub.subscribers.setdefault(room, set()).add(self)
+
+    async def unsubscribe(self, room: str) -> None:
+        subscribers = self.hub.subscribers.get(room)
+        if subscribers is not None:
+            subscribers.discard(self)
+            if not subscribers:
+                del self.hub.subscribers[room]
+
+    async def join(
+        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0
+    ) -> list[str]:
+        members = self.hub.members.setdefault(room, {})
+        previous = [p for p in members if p != peer]
+        if limit and peer not in members and len(previous) >= limit:
+            if not members:
+                del self.hub.members[room]
+            raise RoomFull(room)
+        replaced = peer in members
+        members[peer] = conn
+        self.hub.publish(room, takeover if replaced else fresh)
+        return previous
+
+    async def leave(self, room: str, peer: str, conn: str, envelope: bytes) -> bool:
+        members = self.hub.members.get(room, {})
+        if members.get(peer) != conn:
+            return False
+        del members[peer]
+        if not members:
+            del self.hub.members[room]
+        self.hub.publish(room, envelope)
+        return True
+
+    async def relay(self, room: str, to: str, envelope: bytes) -> asyncio.Future[bool]:
+        if to not in self.hub.members.get(room, {}):
+            return resolved(False)
+        self.hub.publish(room, envelope)
+        return resolved(True)
+
+    async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
+        self.hub.publish(room, envelope)
+        return resolved(None)

@@ -1,0 +1,112 @@
+"""One ordered path for every command that publishes.
+
+A pool of connections would reorder a sender's frames (two commands on two connections
+race inside Redis). Here commands run in submission order: whatever queued up while one
+round trip was in flight goes out as the next pipeline, on one connection at a time.
+That keeps per-sender FIFO and batches under load for free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.backend import scripts
+from app.backend.base import BackendUnavailable
+
+log = structlog.get_logger(__name__)
+
+Command = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
+_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class OrderedPipe:
+    def __init__(self, client: Redis, max_batch: int = 1000, max_queued: int = 50_000) -> None:
+        self._client = client
+        self._max_batch = max_batch
+        self._max_queued = max_queued
+        self._queue: deque[Command] = deque()
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+
+    async def submit(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command; wait only if the queue is full. The future holds its reply."""
+        while len(self._queue) >= self._max_queued:
+            self._space.clear()
+            await self._space.wait()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((args, future))
+        self._wake.set()
+        return future
+
+    async def run(self) -> None:
+        """Send queued commands forever, in order; owned by the backend's task group."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    count = min(len(self._queue), self._max_batch)
+                    batch = [self._queue.popleft() for _ in range(count)]
+                    if len(self._queue) < self._max_queued:
+                        self._space.set()
+                    await self._execute(batch)
+        finally:
+            self.fail_all(BackendUnavailable("node is stopping"))
+
+    def fail_all(self, exc: Exception) -> None:
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(exc)
+        self._space.set()
+
+    async def _execute(self, batch: list[Command]) -> None:
+        try:
+            replies = await self._send(batch)
+        except _LOST as exc:
+            _fail(batch, BackendUnavailable(f"redis: {exc}"))
+            return
+        missing = [cmd for cmd, reply in zip(batch, replies, strict=True)
+                   if isinstance(reply, NoScriptError)]
+        if missing:
+            # Redis restarted or SCRIPT FLUSH: reload and run those again. Only this rare
+            # path can reorder, and only commands of one batch.
+            log.warning("lua scripts missing in redis, reloading", commands=len(missing))
+            try:
+                await scripts.load_all(self._client)
+                retried = await self._send(missing)
+            except _LOST as exc:
+                _fail(missing, BackendUnavailable(f"redis: {exc}"))
+                retried = []
+            replies = [retried.pop(0) if isinstance(r, NoScriptError) and retried else r
+                       for r in replies]
+        for (args, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                log.error("redis command failed", command=str(args[0]), error=str(reply))
+                future.set_exception(BackendUnavailable(f"redis: {reply}"))
+            else:
+                future.set_result(reply)
+
+    async def _send(self, batch: list[Command]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for args, _ in batch:
+                pipe.execute_command(*args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
+
+
+def _fail(batch: list[Command], exc: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

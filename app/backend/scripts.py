@@ -1,0 +1,80 @@
+"""Lua scripts that change membership and publish in one atomic step.
+
+Publishing from inside the script is what makes a room channel a faithful log of its
+membership: every subscriber sees a join or leave exactly where it happened relative to
+relays and other joins, which is how a node decides what each of its peers was told.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+# KEYS: room peers set, room conns hash, rooms set
+# ARGV: room, peer, conn, channel, fresh envelope, takeover envelope, limit (0: none)
+# Returns the members before the join (nil when the room is full).
+JOIN = Script(
+    "join",
+    """
+local members = redis.call('SMEMBERS', KEYS[1])
+local present = redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1
+local limit = tonumber(ARGV[7])
+if limit > 0 and not present and #members >= limit then return false end
+redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[1])
+if present then
+  redis.call('PUBLISH', ARGV[4], ARGV[6])
+else
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
+return members
+""",
+)
+
+# KEYS: room peers set, room conns hash, rooms set
+# ARGV: room, peer, conn, channel, leave envelope
+# Returns 1 if `conn` owned the membership (removed and announced), else 0.
+LEAVE = Script(
+    "leave",
+    """
+if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('SREM', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+""",
+)
+
+# KEYS: room peers set; ARGV: target peer, channel, envelope
+# Returns 1 if the target is a member (and the envelope was published), else 0.
+RELAY = Script(
+    "relay",
+    """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+""",
+)
+
+ALL = (JOIN, LEAVE, RELAY)
+
+
+async def load_all(client: Redis) -> None:
+    """Load every script, so that EVALSHA finds them (after a start or a Redis restart)."""
+    for script in ALL:
+        await client.script_load(script.source)

@@ -1,0 +1,112 @@
+"""Envelopes on a room's pub/sub channel (contract §2), encoded with msgpack.
+
+An envelope is a msgpack array whose first two items are the format version and a kind:
+
+    [1, "j", node, peer, conn, takeover]   peer joined (takeover: it replaced an older conn)
+    [1, "l", node, peer, conn]             peer left
+    [1, "r", node, to, frame]              relay `frame` (client JSON bytes) to peer `to`
+    [1, "c", node, frame]                  chat `frame` to every peer of the room
+
+`frame` is binary: the exact bytes the receiving node writes to its clients. Anything that
+does not decode to one of these shapes raises `BadEnvelope`; the node logs and counts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from app.ids import ID_PATTERN
+
+VERSION: Final = 1
+MAX_FRAME: Final = 16 * 1024 * 1024
+
+
+class BadEnvelope(ValueError):
+    """Bytes on a room channel that are not an envelope of this version."""
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    node: str
+    peer: str
+    conn: str
+    takeover: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    node: str
+    peer: str
+    conn: str
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    node: str
+    to: str
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    node: str
+    frame: bytes
+
+
+Envelope = Join | Leave | Relay | Chat
+
+
+def _pack(*items: Any) -> bytes:
+    return msgpack.packb((VERSION, *items), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def join(node: str, peer: str, conn: str, takeover: bool) -> bytes:
+    return _pack("j", node, peer, conn, takeover)
+
+
+def leave(node: str, peer: str, conn: str) -> bytes:
+    return _pack("l", node, peer, conn)
+
+
+def relay(node: str, to: str, frame: bytes) -> bytes:
+    return _pack("r", node, to, frame)
+
+
+def chat(node: str, frame: bytes) -> bytes:
+    return _pack("c", node, frame)
+
+
+def decode(payload: bytes) -> Envelope:
+    """Decode and validate one envelope; raise `BadEnvelope` for anything else."""
+    try:
+        items = msgpack.unpackb(payload, raw=False, use_list=True, max_bin_len=MAX_FRAME)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise BadEnvelope(f"not msgpack: {exc}") from None
+    if not isinstance(items, list) or len(items) < 3 or items[0] != VERSION:
+        raise BadEnvelope("not a version-1 envelope array")
+    kind, node, rest = items[1], items[2], items[3:]
+    _need_id(node)
+    if kind == "r" and len(rest) == 2:
+        return Relay(node, _need_id(rest[0]), _need_bytes(rest[1]))
+    if kind == "c" and len(rest) == 1:
+        return Chat(node, _need_bytes(rest[0]))
+    if kind == "j" and len(rest) == 3 and isinstance(rest[2], bool):
+        return Join(node, _need_id(rest[0]), _need_id(rest[1]), rest[2])
+    if kind == "l" and len(rest) == 2:
+        return Leave(node, _need_id(rest[0]), _need_id(rest[1]))
+    raise BadEnvelope(f"unknown kind or arity: {kind!r}/{len(rest)}")
+
+
+def _need_id(value: object) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise BadEnvelope("an id field is not a valid id")
+    return value
+
+
+def _need_bytes(value: object) -> bytes:
+    if not isinstance(value, bytes):
+        raise BadEnvelope("a frame field is not binary")
+    return value

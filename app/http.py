@@ -1,0 +1,31 @@
+"""Plain HTTP endpoints (contract §4) and the JSON error body used for every refusal."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from app import protocol
+from app.state import SERVICE
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    """The contract's refusal shape: `{"error": {"code", "message"}}`, never a bare close."""
+    return web.Response(status=status, body=protocol.error_body(code, message),
+                        content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness, as in the original design: 200 while the process runs."""
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: the backend is reachable and the node is not draining."""
+    service = request.app[SERVICE]
+    if service.backend.ready:
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "unavailable"}, status=503)
+
+
+async def not_found_ws(request: web.Request) -> web.Response:
+    return json_error(400, "bad-path", "use /ws/{room} or /ws/{room}/{peer}")

@@ -1,0 +1,39 @@
+"""Every Redis key and channel name (contract §2), in one place.
+
+Room ids and node ids sit inside literal braces: a Redis Cluster hash tag, so that all keys
+and the channel of one room (or of one node) hash to the same slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "sig:"
+
+    @property
+    def rooms(self) -> str:
+        """Set of ids of rooms with at least one peer."""
+        return f"{self.prefix}rooms"
+
+    def room_peers(self, room: str) -> str:
+        """Set of peer ids in `room`."""
+        return f"{self.prefix}room:{{{room}}}:peers"
+
+    def room_conns(self, room: str) -> str:
+        """Hash peer id -> connection id of its current connection (who owns the membership)."""
+        return f"{self.prefix}room:{{{room}}}:conns"
+
+    def room_channel(self, room: str) -> str:
+        """Pub/sub channel carrying msgpack envelopes for `room`."""
+        return f"{self.prefix}room:{{{room}}}"
+
+    def node(self, node: str) -> str:
+        """Liveness key of a node, refreshed with a TTL while the node runs."""
+        return f"{self.prefix}node:{{{node}}}"
+
+    def node_pattern(self) -> str:
+        """`SCAN MATCH` pattern for all liveness keys."""
+        return f"{self.prefix}node:{{*}}"

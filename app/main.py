@@ -1,0 +1,34 @@
+"""`python -m app` / `signaling-node`: one node configured from the environment."""
+
+from __future__ import annotations
+
+import sys
+
+from aiohttp import web
+from dotenv import load_dotenv
+
+from app.config import ConfigError, Settings
+from app.logs import configure_logging
+from app.server import create_app
+
+
+def main() -> None:
+    load_dotenv(override=False)  # real environment variables win over .env
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_level, settings.log_format, settings.node_id)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The application factory: routes, app state, and resource lifecycles.
+
+Start-up order (cleanup_ctx runs in order, tear-down in reverse): the backend connects
+first, then the service is wired to it. On shutdown every WebSocket is closed with 1001
+(`on_shutdown`, before handlers are cancelled) so each handler removes its own membership
+while the backend is still up; only then does the backend stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+from aiohttp import web
+
+from app import http, ws
+from app.backend import Backend, create_backend
+from app.config import Settings
+from app.service import CLOSE_GOING_AWAY, SignalingService
+from app.state import SERVICE, SETTINGS
+
+log = structlog.get_logger(__name__)
+
+BackendFactory = Callable[[Settings], Backend]
+
+
+def create_app(
+    settings: Settings, backend_factory: BackendFactory = create_backend
+) -> web.Application:
+    app = web.Application()
+    app[SETTINGS] = settings
+    app.router.add_get("/health", http.health)
+    app.router.add_get("/ready", http.ready)
+    app.router.add_get("/ws/{room}", ws.websocket)
+    app.router.add_get("/ws/{room}/{peer}", ws.websocket)
+    app.router.add_route("*", "/ws/{tail:.*}", http.not_found_ws)
+    app.router.add_route("*", "/ws", http.not_found_ws)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        backend = backend_factory(settings)
+        service = SignalingService(backend, settings)
+        await backend.start(service.on_envelope)
+        app[SERVICE] = service
+        log.info("node started", node=settings.node_id,
+                 backend="redis" if settings.redis_url else "memory")
+        yield
+        await backend.stop()
+        log.info("node stopped", node=settings.node_id)
+
+    async def close_peers(app: web.Application) -> None:
+        app[SERVICE].close_all(CLOSE_GOING_AWAY, "node shutting down")
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_peers)
+    return app

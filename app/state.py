@@ -1,0 +1,11 @@
+"""Typed keys for what the application holds (no module globals)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from app.config import Settings
+from app.service import SignalingService
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICE = web.AppKey("service", SignalingService)
