@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from aiohttp import web
@@ -13,7 +14,8 @@ from app.server import create_app
 
 
 def main() -> None:
-    load_dotenv(override=False)  # real environment variables win over .env
+    # .env in the working directory (or ENV_FILE); real environment variables win over it.
+    load_dotenv(os.environ.get("ENV_FILE", ".env"), override=False)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -1,0 +1,117 @@
+"""Two or more signaling nodes behind one backend, in whichever form a test asks for.
+
+- memory: in-process nodes sharing one `MemoryHub`;
+- fakeredis: in-process nodes on the Redis backend sharing one fakeredis `FakeServer`;
+- redis: in-process nodes on a real redis-server (started by the tests);
+- processes: `python -m app` processes on a real redis-server.
+
+Each exposes node URLs and, where there is a Redis, a way to inspect it, so one behaviour
+suite runs unchanged against all four.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from redis.asyncio import Redis
+
+from app.backend import Backend, MemoryBackend, MemoryHub
+from app.config import Settings
+from app.keys import Keys
+from app.server import create_app
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+
+@dataclass
+class Cluster:
+    kind: str
+    urls: list[str]
+    keys: Keys
+    redis: Redis | None = None
+    hub: MemoryHub | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def room_state(self, room: str) -> dict[str, Any]:
+        """What the backend holds for `room`: members, owner conns, listed, subscribers."""
+        if self.hub is not None:
+            members = self.hub.members.get(room, {})
+            return {"peers": sorted(members), "conns": dict(members),
+                    "listed": room in self.hub.members,
+                    "subscribers": len(self.hub.subscribers.get(room, ())),
+                    "keys": []}
+        assert self.redis is not None
+        r, k = self.redis, self.keys
+        peers = sorted(p.decode() for p in await r.smembers(k.room_peers(room)))
+        conns = {a.decode(): b.decode() for a, b in (await r.hgetall(k.room_conns(room))).items()}
+        numsub = await r.pubsub_numsub(k.room_channel(room))
+        keys = [x.decode() for x in await r.keys(f"{k.prefix}room:{{{room}}}*")]
+        return {"peers": peers, "conns": conns, "subscribers": int(numsub[0][1]),
+                "listed": bool(await r.sismember(k.rooms, room)), "keys": keys}
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def node_settings(i: int, **kw: Any) -> Settings:
+    base: dict[str, Any] = {"node_id": f"node{i}-{uuid.uuid4().hex[:4]}", "host": "127.0.0.1",
+                            "ws_heartbeat_seconds": 0.0, "node_ttl_seconds": 6.0}
+    base.update(kw)
+    return Settings(**base)
+
+
+async def in_process(kind: str, n: int, start: ServerFactory, redis_url: str | None,
+                     **settings: Any) -> Cluster:
+    """Start `n` in-process nodes of `kind` (memory, fakeredis or redis)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    keys = Keys(prefix)
+    hub: MemoryHub | None = None
+    redis: Redis | None = None
+    factory: Callable[[Settings], Backend]
+    if kind == "memory":
+        shared = hub = MemoryHub()
+
+        def factory(s: Settings) -> Backend:
+            return MemoryBackend(s.node_id, shared)
+    elif kind == "fakeredis":
+        import fakeredis
+        from fakeredis import aioredis
+
+        from app.backend.redis import RedisBackend
+
+        fake = fakeredis.FakeServer()
+        redis = aioredis.FakeRedis(server=fake)
+
+        def factory(s: Settings) -> Backend:
+            return RedisBackend(aioredis.FakeRedis(server=fake), s.node_id, keys)
+    elif kind == "redis":
+        from app.backend import create_backend
+        from app.backend.redis import client_from_url
+
+        assert redis_url is not None
+        redis = client_from_url(redis_url)
+        factory = create_backend
+        settings = {"redis_url": redis_url, **settings}
+    else:
+        raise ValueError(kind)
+    urls = []
+    for i in range(n):
+        app = create_app(node_settings(i, key_prefix=prefix, **settings), factory)
+        server = await start(app)
+        urls.append(str(server.make_url("")).rstrip("/"))
+    return Cluster(kind, urls, keys, redis=redis, hub=hub)
+
+
+async def publish_raw(c: Cluster, room: str, payload: bytes) -> None:
+    """Put arbitrary bytes on a room's channel, as a buggy or hostile publisher would."""
+    if c.hub is not None:
+        c.hub.publish(room, payload)
+    else:
+        assert c.redis is not None
+        await c.redis.publish(c.keys.room_channel(room), payload)

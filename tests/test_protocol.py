@@ -1,0 +1,186 @@
+"""Contract §1 and §4 on one node (the embedded in-memory default), through real sockets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+
+from app.client import Closed, Refused, SignalingClient
+from app.server import create_app
+from tests.support.cluster import node_settings
+from tests.support.peers import barrier
+
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+NodeFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def make_node(start_server: Any) -> NodeFactory:
+    async def make(**settings: Any) -> str:
+        server = await start_server(create_app(node_settings(0, **settings)))
+        return str(server.make_url("")).rstrip("/")
+
+    return make
+
+
+@pytest.fixture
+async def url(make_node: NodeFactory) -> str:
+    return await make_node()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def refusal(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+                  ) -> tuple[int, Any]:
+    async with http.get(url, headers={**UPGRADE, **(headers or {})}) as r:
+        return r.status, await r.json()
+
+
+async def test_health_and_ready(url: str, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{url}/health") as r:
+        assert r.status == 200 and await r.json() == {"status": "ok"}
+    async with http.get(f"{url}/ready") as r:
+        assert r.status == 200
+
+
+@pytest.mark.parametrize(("path", "code"), [
+    ("/ws/bad%20room/alice", "bad-room"),
+    ("/ws/" + "r" * 65 + "/alice", "bad-room"),
+    ("/ws/-room/alice", "bad-room"),
+    ("/ws/room/server", "bad-peer"),
+    ("/ws/room/al%2Fice", "bad-peer"),
+    ("/ws/room/_alice", "bad-peer"),
+    ("/ws/room/alice/extra", "bad-path"),
+    ("/ws/", "bad-path"),
+    ("/ws", "bad-path"),
+])
+async def test_bad_paths_and_ids_get_400_json_before_upgrade(
+    url: str, http: aiohttp.ClientSession, path: str, code: str
+) -> None:
+    status, body = await refusal(http, url + path)
+    assert status == 400
+    assert body["error"]["code"] == code and body["error"]["message"]
+
+
+async def test_plain_get_without_upgrade_is_400_json(url: str, http: aiohttp.ClientSession
+                                                     ) -> None:
+    async with http.get(f"{url}/ws/room/alice") as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == "not-websocket"
+
+
+async def test_foreign_origin_is_403_and_allowed_or_absent_origin_connects(
+    url: str, http: aiohttp.ClientSession
+) -> None:
+    status, body = await refusal(http, f"{url}/ws/room/alice", {"Origin": "https://evil.example"})
+    assert status == 403 and body["error"]["code"] == "forbidden-origin"
+    ok = await SignalingClient.connect(url, "room", "alice",
+                                       headers={"Origin": "http://localhost:3000"})
+    await ok.close()
+    ok = await SignalingClient.connect(url, "room", "bob")  # no Origin: not a browser
+    await ok.close()
+    with pytest.raises(Refused) as refused:
+        await SignalingClient.connect(url, "room", "eve", headers={"Origin": "null"})
+    assert refused.value.status == 403
+
+
+@pytest.mark.parametrize(("text", "code"), [
+    ("not json", "bad-message"),
+    ('{"type": "chat", "data": NaN}', "bad-message"),
+    ('{"type": "chat", "data": Infinity}', "bad-message"),
+    ('{"type": "chat", "data": 1e400}', "bad-message"),
+    ('{"type": "chat", "data": "\\ud800"}', "bad-message"),
+    ("[1, 2]", "bad-message"),
+    ('"chat"', "bad-message"),
+    ('{"type": 7}', "bad-message"),
+    ('{"data": 1}', "bad-message"),
+    ('{"type": "offer", "data": {}}', "bad-message"),
+    ('{"type": "ice", "to": 42, "data": {}}', "bad-message"),
+    ('{"type": "answer", "to": null}', "bad-message"),
+    ('{"type": "dance"}', "unknown-type"),
+    ('{"type": "welcome", "data": {}}', "unknown-type"),
+    ('{"type": "offer", "to": "nobody", "data": {}}', "peer-not-found"),
+    ('{"type": "offer", "to": "server", "data": {}}', "peer-not-found"),
+    ("[" * 5000 + "]" * 5000, "bad-message"),
+])
+async def test_bad_frames_get_an_error_and_the_connection_stays_usable(
+    url: str, text: str, code: str
+) -> None:
+    a = await SignalingClient.connect(url, "room", "alice")
+    await a.send_raw(text)
+    err = await a.recv()
+    assert err.raw["type"] == "error" and err.raw["from"] == "server"
+    assert err.data["code"] == code and isinstance(err.data["message"], str)
+    await a.ping()
+    assert (await a.recv()).raw == {"type": "pong"}
+    await a.close()
+
+
+async def test_binary_frame_is_bad_message(url: str) -> None:
+    a = await SignalingClient.connect(url, "room", "alice")
+    await a.ws.send_bytes(b'{"type": "ping"}')
+    assert (await a.recv()).data["code"] == "bad-message"
+    await a.ping()
+    assert (await a.recv()).type == "pong"
+    await a.close()
+
+
+async def test_text_frame_that_is_not_utf8_closes_with_1007(url: str) -> None:
+    a = await SignalingClient.connect(url, "room", "alice")
+    await a.ws.send_frame(b'{"type": "chat", "data": "\xff\xfe"}', WSMsgType.TEXT)
+    with pytest.raises(Closed) as closed:
+        await a.recv()
+    assert closed.value.code == 1007
+    await a.close()
+
+
+async def test_oversized_frames_too_large_then_hard_limit_closes_1009(
+    make_node: NodeFactory
+) -> None:
+    url = await make_node(max_frame_bytes=1000, hard_frame_bytes=4000)
+    a = await SignalingClient.connect(url, "room", "alice")
+    await a.chat("x" * 990)  # the whole frame is over 1000 bytes
+    assert (await a.recv()).data["code"] == "too-large"
+    await a.chat("é" * 400)  # 800 bytes of UTF-8 text in 400 characters: under the limit
+    assert (await a.recv()).type == "chat"
+    await a.chat("x" * 5000)
+    with pytest.raises(Closed) as closed:
+        await a.recv()
+    assert closed.value.code == 1009
+    await a.close()
+
+
+async def test_rate_limit_answers_rate_limited(make_node: NodeFactory) -> None:
+    url = await make_node(rate_limit_per_s=0.001, rate_limit_burst=3)
+    a = await SignalingClient.connect(url, "room", "alice")
+    for _ in range(4):
+        await a.ping()
+    got = [await a.recv() for _ in range(4)]
+    assert [f.type for f in got] == ["pong", "pong", "pong", "error"]
+    assert got[3].data["code"] == "rate-limited"
+    await a.close()
+
+
+async def test_ping_pong_and_spoofed_fields_are_overwritten(url: str) -> None:
+    a = await SignalingClient.connect(url, "room", "alice")
+    b = await SignalingClient.connect(url, "room", "bob")
+    await barrier([a, b])
+    await a.send_raw(json.dumps({"type": "ice", "to": "bob", "from": "bob", "room": "other",
+                                 "data": {"n": 1}, "extra": "dropped"}))
+    assert (await b.recv()).raw == {"type": "ice", "room": "room", "from": "alice", "to": "bob",
+                                    "data": {"n": 1}}
+    await a.send_raw('{"type": "chat"}')  # no data: relayed as null
+    assert (await b.recv()).raw == {"type": "chat", "room": "room", "from": "alice",
+                                    "data": None}
+    await a.close()
+    await b.close()
