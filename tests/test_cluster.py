@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from app.client import Closed, SignalingClient
+from app.client import Closed, Refused, SignalingClient
 from tests.support.cluster import Cluster, publish_raw, unique
 from tests.support.peers import barrier, summary
 
@@ -234,4 +234,25 @@ async def test_undecodable_envelopes_are_dropped_and_never_delivered(
     await publish_raw(cluster, room, payload)
     got = await barrier([a, b], via=b)
     assert got[a] == [] and got[b] == []
+    await close_all(a, b)
+
+
+async def test_bad_input_gets_the_contract_answer_and_the_connection_stays_usable(
+    cluster: Cluster, room: str
+) -> None:
+    for node in (0, 1):
+        with pytest.raises(Refused) as refused:
+            await join(cluster, node, room, "server")
+        assert refused.value.status == 400
+    a, b = await pair(cluster, room)
+    cases = [("{not json", "bad-message"), ('{"type": "chat", "data": NaN}', "bad-message"),
+             ('{"type": "wave"}', "unknown-type"),
+             ('{"type": "offer", "to": "ghost", "data": {}}', "peer-not-found"),
+             ('{"type": "chat", "data": "' + "x" * 70_000 + '"}', "too-large")]
+    for text, code in cases:
+        await a.send_raw(text)
+        assert (await a.recv()).data["code"] == code
+    await a.ice("bob", {"after": "errors"})
+    assert (await b.recv()).data == {"after": "errors"}
+    assert (await barrier([a, b]))[b] == []  # b saw none of a's bad frames
     await close_all(a, b)
