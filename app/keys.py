@@ -23,7 +23,7 @@ class Keys:
         return f"{self.prefix}room:{{{room}}}:peers"
 
     def room_conns(self, room: str) -> str:
-        """Hash peer id -> connection id of its current connection (who owns the membership)."""
+        """Hash peer id -> `node/conn` of the connection that owns the membership."""
         return f"{self.prefix}room:{{{room}}}:conns"
 
     def room_channel(self, room: str) -> str:
@@ -33,6 +33,14 @@ class Keys:
     def node(self, node: str) -> str:
         """Liveness key of a node, refreshed with a TTL while the node runs."""
         return f"{self.prefix}node:{{{node}}}"
+
+    def node_peers(self, node: str) -> str:
+        """Set of `room/peer` memberships owned by connections on `node` (for the reaper)."""
+        return f"{self.prefix}node:{{{node}}}:peers"
+
+    def node_peers_parts(self) -> tuple[str, str]:
+        """`node_peers` split around the node id, for scripts that build it from an owner."""
+        return f"{self.prefix}node:{{", "}:peers"
 
     def node_pattern(self) -> str:
         """`SCAN MATCH` pattern for all liveness keys."""

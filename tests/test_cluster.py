@@ -158,11 +158,13 @@ async def test_peer_left_is_announced_once_and_the_room_leaves_nothing(
     cluster: Cluster, room: str
 ) -> None:
     a, b = await pair(cluster, room)
+    assert await cluster.node_peers(b.node) >= {f"{room}/bob"}
     await b.close()
     got = await barrier([a])
     assert summary(got[a]) == [("peer-left", "bob")]
     state = await cluster.room_state(room)
-    assert state["peers"] == ["alice"]
+    assert state["peers"] == ["alice"] and state["conns"]["alice"].startswith(f"{a.node}/")
+    assert f"{room}/bob" not in await cluster.node_peers(b.node)
     await a.close()
     await wait_for_state(cluster, room, lambda s: s["subscribers"] == 0)
     state = await cluster.room_state(room)
@@ -186,6 +188,9 @@ async def test_takeover_across_nodes_keeps_one_membership_and_the_newer_connecti
     assert got[new] == []
     state = await cluster.room_state(room)
     assert state["peers"] == ["alice", "pat"]
+    assert state["conns"]["pat"].startswith(f"{new.node}/")
+    assert f"{room}/pat" in await cluster.node_peers(new.node)
+    assert f"{room}/pat" not in await cluster.node_peers(old.node)
     await a.offer("pat", {"sdp": "for the new one"})
     assert (await new.recv()).data == {"sdp": "for the new one"}
     # the old connection's clean-up must not have removed the new membership

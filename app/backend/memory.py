@@ -22,7 +22,8 @@ log = structlog.get_logger(__name__)
 class MemoryHub:
     """The shared state that Redis holds in a real cluster."""
 
-    members: dict[str, dict[str, str]] = field(default_factory=dict)  # room -> peer -> conn
+    members: dict[str, dict[str, str]] = field(default_factory=dict)  # room -> peer -> owner
+    node_peers: dict[str, set[str]] = field(default_factory=dict)  # node -> {"room/peer"}
     subscribers: dict[str, set[MemoryBackend]] = field(default_factory=dict)
     nodes: set[str] = field(default_factory=set)
 
@@ -32,6 +33,14 @@ class MemoryHub:
 
     def peers(self, room: str) -> list[str]:
         return list(self.members.get(room, ()))
+
+    def index(self, owner: str, room: str, peer: str, add: bool) -> None:
+        """Keep the per-node index of memberships (what the reaper reads in Redis)."""
+        node = owner.rpartition("/")[0]
+        entries = self.node_peers.setdefault(node, set())
+        (entries.add if add else entries.discard)(f"{room}/{peer}")
+        if not entries:
+            del self.node_peers[node]
 
 
 class MemoryBackend(Backend):
@@ -85,16 +94,21 @@ class MemoryBackend(Backend):
             if not members:
                 del self.hub.members[room]
             raise RoomFull(room)
-        replaced = peer in members
-        members[peer] = conn
-        self.hub.publish(room, takeover if replaced else fresh)
+        previous_owner = members.get(peer)
+        if previous_owner is not None:
+            self.hub.index(previous_owner, room, peer, add=False)
+        members[peer] = owner = f"{self.node_id}/{conn}"
+        self.hub.index(owner, room, peer, add=True)
+        self.hub.publish(room, takeover if previous_owner is not None else fresh)
         return previous
 
     async def leave(self, room: str, peer: str, conn: str, envelope: bytes) -> bool:
         members = self.hub.members.get(room, {})
-        if members.get(peer) != conn:
+        owner = f"{self.node_id}/{conn}"
+        if members.get(peer) != owner:
             return False
         del members[peer]
+        self.hub.index(owner, room, peer, add=False)
         if not members:
             del self.hub.members[room]
         self.hub.publish(room, envelope)

@@ -132,17 +132,21 @@ class RedisBackend(Backend):
         finally:
             self._channels.pop(channel, None)
 
-    def _room_keys(self, room: str) -> tuple[str, str, str]:
+    def _room_keys(self, room: str) -> tuple[str, str, str, str]:
         k = self.keys
-        return k.room_peers(room), k.room_conns(room), k.rooms
+        return k.room_peers(room), k.room_conns(room), k.rooms, k.node_peers(self.node_id)
+
+    def _owner(self, conn: str) -> str:
+        return f"{self.node_id}/{conn}"
 
     async def join(
         self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0
     ) -> list[str]:
         channel = self.keys.room_channel(room)
         future = await self._pipe.submit(
-            "EVALSHA", scripts.JOIN.sha, 3, *self._room_keys(room),
-            room, peer, conn, channel, fresh, takeover, limit,
+            "EVALSHA", scripts.JOIN.sha, 4, *self._room_keys(room),
+            room, peer, self._owner(conn), channel, fresh, takeover, limit,
+            *self.keys.node_peers_parts(),
         )
         members = await future
         if members is None:
@@ -152,8 +156,8 @@ class RedisBackend(Backend):
     async def leave(self, room: str, peer: str, conn: str, envelope: bytes) -> bool:
         channel = self.keys.room_channel(room)
         future = await self._pipe.submit(
-            "EVALSHA", scripts.LEAVE.sha, 3, *self._room_keys(room),
-            room, peer, conn, channel, envelope,
+            "EVALSHA", scripts.LEAVE.sha, 4, *self._room_keys(room),
+            room, peer, self._owner(conn), channel, envelope,
         )
         return bool(await future)
 

@@ -23,8 +23,9 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-# KEYS: room peers set, room conns hash, rooms set
-# ARGV: room, peer, conn, channel, fresh envelope, takeover envelope, limit (0: none)
+# KEYS: room peers set, room conns hash, rooms set, this node's peers set
+# ARGV: room, peer, owner (node/conn), channel, fresh envelope, takeover envelope,
+#       limit (0: none), node-peers key prefix, node-peers key suffix
 # Returns the members before the join (nil when the room is full).
 JOIN = Script(
     "join",
@@ -33,9 +34,16 @@ local members = redis.call('SMEMBERS', KEYS[1])
 local present = redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1
 local limit = tonumber(ARGV[7])
 if limit > 0 and not present and #members >= limit then return false end
+local membership = ARGV[1] .. '/' .. ARGV[2]
+local previous = redis.call('HGET', KEYS[2], ARGV[2])
+if previous then
+  local node = string.match(previous, '^(.*)/[^/]*$')
+  if node then redis.call('SREM', ARGV[8] .. node .. ARGV[9], membership) end
+end
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], membership)
 if present then
   redis.call('PUBLISH', ARGV[4], ARGV[6])
 else
@@ -45,15 +53,16 @@ return members
 """,
 )
 
-# KEYS: room peers set, room conns hash, rooms set
-# ARGV: room, peer, conn, channel, leave envelope
-# Returns 1 if `conn` owned the membership (removed and announced), else 0.
+# KEYS: room peers set, room conns hash, rooms set, the owner node's peers set
+# ARGV: room, peer, owner (node/conn), channel, leave envelope
+# Returns 1 if `owner` owned the membership (removed and announced), else 0.
 LEAVE = Script(
     "leave",
     """
 if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('SREM', KEYS[1], ARGV[2])
+redis.call('SREM', KEYS[4], ARGV[1] .. '/' .. ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1

@@ -37,6 +37,13 @@ class Cluster:
     hub: MemoryHub | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    async def node_peers(self, node: str) -> set[str]:
+        """The `room/peer` memberships the backend files under `node`."""
+        if self.hub is not None:
+            return set(self.hub.node_peers.get(node, ()))
+        assert self.redis is not None
+        return {m.decode() for m in await self.redis.smembers(self.keys.node_peers(node))}
+
     async def room_state(self, room: str) -> dict[str, Any]:
         """What the backend holds for `room`: members, owner conns, listed, subscribers."""
         if self.hub is not None:
