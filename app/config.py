@@ -11,9 +11,12 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+from dotenv import load_dotenv
 
 from app.ids import ID_PATTERN
 
@@ -37,14 +40,15 @@ class Settings:
     rate_limit_per_s: float = 100.0
     rate_limit_burst: int = 1000
     send_queue_bytes: int = 1048576
-    node_ttl_seconds: float = 6.0
+    node_ttl_seconds: float = 4.0
     ws_heartbeat_seconds: float = 20.0
+    drain_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read settings from `env` (default: `os.environ`), rejecting bad values."""
         e = os.environ if env is None else env
-        r = _Reader(e)
+        r = EnvReader(e)
         settings = cls(
             host=r.text("HOST", "0.0.0.0"),
             port=r.integer("PORT", 3001, lo=0, hi=65535),
@@ -59,8 +63,9 @@ class Settings:
             rate_limit_per_s=r.number("RATE_LIMIT_PER_S", 100.0, lo=0.0),
             rate_limit_burst=r.integer("RATE_LIMIT_BURST", 1000, lo=1),
             send_queue_bytes=r.integer("SEND_QUEUE_BYTES", 1048576, lo=1024),
-            node_ttl_seconds=r.number("NODE_TTL_SECONDS", 6.0, lo=1.0),
+            node_ttl_seconds=r.number("NODE_TTL_SECONDS", 4.0, lo=1.0),
             ws_heartbeat_seconds=r.number("WS_HEARTBEAT_SECONDS", 20.0, lo=0.0),
+            drain_seconds=r.number("DRAIN_SECONDS", 5.0, lo=0.0),
         )
         settings.check()
         return settings
@@ -77,13 +82,29 @@ class Settings:
             raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
 
 
+_S = TypeVar("_S")
+
+
+def settings_or_exit(read: Callable[[Mapping[str, str]], _S]) -> _S:
+    """For commands: load `.env` (or ENV_FILE), read settings, exit 2 naming a bad value.
+
+    Real environment variables win over the file.
+    """
+    load_dotenv(os.environ.get("ENV_FILE", ".env"), override=False)
+    try:
+        return read(os.environ)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def default_node_id() -> str:
     """Host name plus a random suffix: unique per process, readable in `redis-cli`."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40].strip("-._") or "node"
     return f"{host}-{secrets.token_hex(4)}"
 
 
-class _Reader:
+class EnvReader:
     """Typed access to environment variables with the variable named in every error."""
 
     def __init__(self, env: Mapping[str, str]) -> None:

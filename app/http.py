@@ -22,9 +22,10 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Readiness: the backend is reachable and the node is not draining."""
     service = request.app[SERVICE]
-    if service.backend.ready:
+    if service.ready:
         return web.json_response({"status": "ready"})
-    return web.json_response({"status": "unavailable"}, status=503)
+    status = "draining" if service.draining else "unavailable"
+    return web.json_response({"status": status}, status=503)
 
 
 async def not_found_ws(request: web.Request) -> web.Response:

@@ -39,11 +39,12 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = backend_factory(settings)
         service = SignalingService(backend, settings)
-        await backend.start(service.on_envelope)
+        await backend.start(service)
         app[SERVICE] = service
         log.info("node started", node=settings.node_id,
                  backend="redis" if settings.redis_url else "memory")
         yield
+        service.repair.close()
         await backend.stop()
         log.info("node stopped", node=settings.node_id)
 

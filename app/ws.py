@@ -39,6 +39,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return json_error(400, "not-websocket", "this path needs a WebSocket upgrade")
+    if service.draining:
+        return json_error(503, "draining", "this node is shutting down; connect again")
+    if not service.backend.ready:
+        return json_error(503, "unavailable", "signaling backend unavailable, retry shortly")
     try:
         peer = await service.join(room, peer_id)
     except RoomFull:
