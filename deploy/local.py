@@ -154,6 +154,7 @@ class Topology:
                 continue
             self.workers.append(await spawn(self.console, label,
                                             [sys.executable, "-m", module], env))
+            self.console.say("local", f"{label}: started (python -m {module})")
 
     async def _start_nginx(self, session: aiohttp.ClientSession, ports: list[int],
                            public_port: int) -> None:

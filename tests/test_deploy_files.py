@@ -101,6 +101,10 @@ def test_compose_runs_three_distinct_nodes_that_drain_before_being_killed() -> N
     assert "NODE_ID" not in node["environment"]  # each replica: hostname + random suffix
     drain = int(node["environment"]["DRAIN_SECONDS"])
     assert seconds(node["stop_grace_period"]) >= drain + 5
+    for service in compose()["services"].values():  # the schema leaves durations unchecked
+        for key in ("interval", "timeout"):
+            if key in service.get("healthcheck", {}):
+                assert seconds(service["healthcheck"][key]) > 0
     # The compose network is the one whose proxies the nodes believe.
     subnet = compose()["networks"]["default"]["ipam"]["config"][0]["subnet"]
     assert node["environment"]["TRUSTED_PROXIES"] == subnet
@@ -124,9 +128,12 @@ def test_kubernetes_manifests_are_valid_by_the_kubernetes_schemas(version: str) 
         if doc["kind"] == "Kustomization":
             continue  # kustomize's own file, not an API object: checked below
         kubernetes_validate.validate(doc, version, strict=True)
-    bad = {**docs[0], "spec": {"replicas": "three"}}
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(bad, version, strict=True)
+    # Strict: a misspelt field is an error, not silently ignored as a cluster would.
+    deployment = by_kind("Deployment", "signaling-node")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinessProbes"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinessProbes"):
+        kubernetes_validate.validate(deployment, version, strict=True)
 
 
 def by_kind(kind: str, name: str) -> dict[str, Any]:

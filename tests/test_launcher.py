@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -142,6 +144,26 @@ async def test_launcher_runs_the_whole_topology_and_stops_it_leaving_nothing(
         assert re.search(rf"^{label} +\| ", text, re.M), label
     assert re.search(r'^nginx +\| \{.*"uri":"/ws/room/p0"', text, re.M)  # its JSON access log
     assert text.rstrip().endswith("stopped")
+    for module in deploy.local.WORKERS:  # started exactly when the module exists
+        label = module.rsplit(".", 1)[-1]
+        said = (f"{label}: started (python -m {module})" if importlib.util.find_spec(module)
+                else f"{label}: module {module} not found, not started")
+        assert f"| {said}\n" in text
+
+
+async def test_even_kill_9_of_the_launcher_leaves_no_process_behind(
+    launcher: tuple[subprocess.Popen[str], Output, int],
+) -> None:
+    proc, out, _ = launcher
+    children = descendants(proc.pid)
+    tmp = Path(out.find(r"\(config (/\S+)/nginx/nginx\.conf\)")[0][1])
+    proc.kill()  # no clean-up runs: each child gets SIGTERM from the kernel instead
+
+    def all_gone() -> bool:
+        table = process_table()
+        return not [c for c in children if table.get(c[0], (0, ""))[1] == c[1]]
+    await asyncio.to_thread(wait_until, all_gone, 20, "the launcher's children to exit")
+    shutil.rmtree(tmp)  # the one thing a killed launcher cannot remove
 
 
 def test_launcher_names_the_debian_package_of_a_missing_program(
