@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -40,10 +40,9 @@ class Console:
     """Merged output: every line prefixed with the label of the process that wrote it."""
 
     width: int = 6
-    write: Callable[[str], object] = field(default=sys.stdout.write)
 
     def say(self, label: str, text: str) -> None:
-        self.write(f"{label:<{self.width}} | {text}\n")
+        sys.stdout.write(f"{label:<{self.width}} | {text}\n")
         sys.stdout.flush()
 
 
