@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from app import protocol
-from app.state import SERVICE
+from app.state import SERVICE, SETTINGS
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -30,3 +30,9 @@ async def ready(request: web.Request) -> web.Response:
 
 async def not_found_ws(request: web.Request) -> web.Response:
     return json_error(400, "bad-path", "use /ws/{room} or /ws/{room}/{peer}")
+
+
+async def add_node_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the answering node on every response, the WebSocket upgrade included, so a
+    client (or nginx's access log) sees which node it reached without a welcome frame."""
+    response.headers["X-Node-Id"] = request.app[SETTINGS].node_id

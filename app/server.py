@@ -35,6 +35,7 @@ def create_app(
     app.router.add_get("/ws/{room}/{peer}", ws.websocket)
     app.router.add_route("*", "/ws/{tail:.*}", http.not_found_ws)
     app.router.add_route("*", "/ws", http.not_found_ws)
+    app.on_response_prepare.append(http.add_node_header)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = backend_factory(settings)
