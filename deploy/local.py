@@ -36,7 +36,7 @@ from deploy.children import (
 from deploy.nginx_conf import LocalNginx, render
 
 # Workers run beside the nodes, each `python -m NAME`; one whose module does not exist
-# yet is skipped with a notice (the reaper arrives with the failure-handling work).
+# is skipped with a notice.
 WORKERS = ("workers.reaper",)
 
 # The Debian package that brings each program, named when the program is missing.
