@@ -13,7 +13,7 @@ import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app.ids import ID_PATTERN
 
@@ -39,6 +39,22 @@ class Settings:
     send_queue_bytes: int = 1048576
     node_ttl_seconds: float = 6.0
     ws_heartbeat_seconds: float = 20.0
+    # operations: admin API, ICE servers for clients, room-event webhooks
+    admin_token: str | None = None
+    ice_stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_ttl_seconds: int = 86400
+    webhook_events: bool = False
+    webhook_stream_maxlen: int = 100_000
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_max_attempts: int = 8
+    webhook_timeout_seconds: float = 5.0
+    webhook_backoff_seconds: float = 1.0
+    webhook_backoff_max_seconds: float = 60.0
+    webhook_consumer: str = ""
+    webhook_claim_idle_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +77,7 @@ class Settings:
             send_queue_bytes=r.integer("SEND_QUEUE_BYTES", 1048576, lo=1024),
             node_ttl_seconds=r.number("NODE_TTL_SECONDS", 6.0, lo=1.0),
             ws_heartbeat_seconds=r.number("WS_HEARTBEAT_SECONDS", 20.0, lo=0.0),
+            **_operations(r),
         )
         settings.check()
         return settings
@@ -75,6 +92,41 @@ class Settings:
             raise ConfigError("KEY_PREFIX may hold only letters, digits and : . _ -")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+        _check_operations(self)
+
+
+def _operations(r: _Reader) -> dict[str, Any]:
+    """Settings of the operations features (admin API, ICE servers, webhooks)."""
+    return {
+        "admin_token": r.text("ADMIN_TOKEN", "") or None,
+        "ice_stun_urls": r.items("ICE_STUN_URLS", ""),
+        "turn_urls": r.items("TURN_URLS", ""),
+        "turn_secret": r.text("TURN_SECRET", "") or None,
+        "turn_ttl_seconds": r.integer("TURN_TTL_SECONDS", 86400, lo=60),
+        "webhook_events": r.flag("WEBHOOK_EVENTS", False),
+        "webhook_stream_maxlen": r.integer("WEBHOOK_STREAM_MAXLEN", 100_000, lo=100),
+        "webhook_url": r.text("WEBHOOK_URL", "") or None,
+        "webhook_secret": r.text("WEBHOOK_SECRET", "") or None,
+        "webhook_max_attempts": r.integer("WEBHOOK_MAX_ATTEMPTS", 8, lo=1),
+        "webhook_timeout_seconds": r.number("WEBHOOK_TIMEOUT_SECONDS", 5.0, lo=0.1),
+        "webhook_backoff_seconds": r.number("WEBHOOK_BACKOFF_SECONDS", 1.0, lo=0.0),
+        "webhook_backoff_max_seconds": r.number("WEBHOOK_BACKOFF_MAX_SECONDS", 60.0, lo=0.0),
+        "webhook_consumer": r.text("WEBHOOK_CONSUMER", ""),
+        "webhook_claim_idle_seconds": r.number("WEBHOOK_CLAIM_IDLE_SECONDS", 60.0, lo=0.1),
+    }
+
+
+def _check_operations(s: Settings) -> None:
+    if any(not url.startswith(("stun:", "stuns:")) for url in s.ice_stun_urls):
+        raise ConfigError("ICE_STUN_URLS entries must start with stun: or stuns:")
+    if any(not url.startswith(("turn:", "turns:")) for url in s.turn_urls):
+        raise ConfigError("TURN_URLS entries must start with turn: or turns:")
+    if s.turn_urls and not s.turn_secret:
+        raise ConfigError("TURN_URLS needs TURN_SECRET (coturn's static-auth-secret)")
+    if s.webhook_url and not s.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("WEBHOOK_URL must start with http:// or https://")
+    if s.webhook_consumer and not ID_PATTERN.fullmatch(s.webhook_consumer):
+        raise ConfigError(f"WEBHOOK_CONSUMER must match {ID_PATTERN.pattern}")
 
 
 def default_node_id() -> str:
@@ -114,10 +166,18 @@ class _Reader:
             raise ConfigError(f"{name}={value!r} must be one of {', '.join(options)}")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name, "1" if default else "0").lower()
+        if raw not in _FLAGS:
+            raise ConfigError(f"{name}={raw!r} must be one of 1, 0, true, false, yes, no")
+        return _FLAGS[raw]
+
     def items(self, name: str, default: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self.text(name, default).split(",") if item.strip())
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
 _N = TypeVar("_N", int, float)
 
 

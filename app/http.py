@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from app import protocol
-from app.state import SERVICE
+from app.metrics import CONTENT_TYPE
+from app.state import METRICS, SERVICE
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -29,3 +30,10 @@ async def ready(request: web.Request) -> web.Response:
 
 async def not_found_ws(request: web.Request) -> web.Response:
     return json_error(400, "bad-path", "use /ws/{room} or /ws/{room}/{peer}")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format of this node's own registry."""
+    response = web.Response(body=request.app[METRICS].render())
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,15 +24,19 @@ import structlog
 from app import envelope, protocol
 from app.backend import Backend, BackendUnavailable
 from app.config import Settings
-from app.envelope import BadEnvelope, Chat, Join, Leave, Relay
+from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay
+from app.ice import IceServers
 from app.ids import is_valid_peer, new_conn_id
 from app.limits import TokenBucket
+from app.metrics import OK, NodeMetrics
 from app.peer import Peer
 from app.protocol import ErrorCode, FrameError
 
 log = structlog.get_logger(__name__)
 
 CLOSE_REPLACED = 4001
+CLOSE_KICKED = 4002  # an operator kicked the peer (admin API)
+CLOSE_ROOM_CLOSED = 4003  # an operator closed the room (admin API)
 CLOSE_GOING_AWAY = 1001
 
 
@@ -49,12 +52,20 @@ class LocalRoom:
 
 
 class SignalingService:
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings,
+                 metrics: NodeMetrics | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.node_id = backend.node_id
         self.rooms: dict[str, LocalRoom] = {}
-        self.stats: Counter[str] = Counter()
+        self.metrics = metrics if metrics is not None else NodeMetrics(self.node_id)
+        self.metrics.watch(
+            peers=lambda: sum(len(local.conns) for local in self.rooms.values()),
+            rooms=lambda: len(self.rooms),
+            subscriptions=lambda: sum(local.subscribed for local in self.rooms.values()),
+            ready=lambda: backend.ready,
+        )
+        self.ice = IceServers.from_settings(settings)
 
     # -- joining and leaving -------------------------------------------------------------
 
@@ -71,7 +82,9 @@ class SignalingService:
         except BaseException:
             await self._drop_local(local, peer)
             raise
-        peer.welcome = protocol.welcome_frame(room, peer_id, others, self.node_id)
+        peer.welcome = protocol.welcome_frame(room, peer_id, others, self.node_id,
+                                              self.ice.welcome_data(peer_id))
+        self.metrics.connections.inc()
         log.debug("peer joined", room=room, peer=peer_id, conn=peer.conn)
         return peer
 
@@ -82,6 +95,8 @@ class SignalingService:
             return
         if local.active.get(peer.id) is peer:
             del local.active[peer.id]
+        if peer.overflowed:
+            self.metrics.queue_overflows.inc()
         await peer.stop()
         try:
             if not peer.replaced:
@@ -132,6 +147,15 @@ class SignalingService:
         bucket = TokenBucket(s.rate_limit_per_s, s.rate_limit_burst)
         return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, bucket)
 
+    async def kick(self, room: str, peer: str | None, code: int, reason: str) -> None:
+        """Close `peer`'s connections (None: the whole room's) on whichever nodes hold them.
+
+        The kick travels on the room channel, so every node hosting the room acts on it in
+        order; each closes its own connections, whose leave then announces `peer-left`.
+        """
+        sent = await self.backend.publish(room, envelope.kick(self.node_id, peer, code, reason))
+        await sent
+
     def close_all(self, code: int, reason: str) -> None:
         """Close every local connection (node shutdown); their handlers then leave."""
         for local in self.rooms.values():
@@ -151,50 +175,58 @@ class SignalingService:
             msg = protocol.parse_frame(text)
         except FrameError as exc:
             return self._refuse(peer, exc.code, exc.message)
-        self.stats[f"frames.{msg.type if msg.type in _KNOWN else 'other'}"] += 1
         if msg.type in protocol.RELAY_TYPES:
             assert msg.to is not None
             await self._relay(peer, msg.type, msg.to, msg)
         elif msg.type == "chat":
             frame = protocol.chat_frame(peer.room, peer.id, msg.data)
-            await self._submit(peer, self.backend.publish(peer.room, envelope.chat(
+            await self._submit(peer, "chat", self.backend.publish(peer.room, envelope.chat(
                 self.node_id, frame)))
         elif msg.type == "ping":
             peer.send(protocol.PONG)
+            self.metrics.frame("ping", OK)
         else:
-            self._refuse(peer, ErrorCode.UNKNOWN_TYPE, f"unknown type {msg.type[:64]!r}")
+            self._refuse(peer, ErrorCode.UNKNOWN_TYPE, f"unknown type {msg.type[:64]!r}",
+                         "other")
 
     def handle_binary(self, peer: Peer) -> None:
-        self._refuse(peer, ErrorCode.BAD_MESSAGE, "binary frames are not accepted; send JSON text")
+        self._refuse(peer, ErrorCode.BAD_MESSAGE, "binary frames are not accepted; send JSON text",
+                     "binary")
 
     async def _relay(self, peer: Peer, kind: str, to: str, msg: protocol.Inbound) -> None:
         if not is_valid_peer(to):
-            return self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to[:64]!r} in room")
+            return self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to[:64]!r} in room",
+                                kind)
         frame = protocol.relay_frame(kind, peer.room, peer.id, to, msg.data)
-        await self._submit(peer, self.backend.relay(peer.room, to, envelope.relay(
+        await self._submit(peer, kind, self.backend.relay(peer.room, to, envelope.relay(
             self.node_id, to, frame)), to)
 
-    async def _submit(
-        self, peer: Peer, call: Awaitable[asyncio.Future[Any]], to: str | None = None
-    ) -> None:
+    async def _submit(self, peer: Peer, kind: str, call: Awaitable[asyncio.Future[Any]],
+                      to: str | None = None) -> None:
         """Await the backend's queueing, then report the outcome to the sender later."""
         try:
             future = await call
         except BackendUnavailable:
-            return self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable")
-        future.add_done_callback(lambda f: self._report(peer, f, to))
+            return self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable",
+                                kind)
+        future.add_done_callback(lambda f: self._report(peer, kind, f, to))
 
-    def _report(self, peer: Peer, future: asyncio.Future[Any], to: str | None) -> None:
+    def _report(self, peer: Peer, kind: str, future: asyncio.Future[Any], to: str | None
+                ) -> None:
         if future.cancelled():
             return
         exc = future.exception()
         if exc is not None:
-            self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable")
+            self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable", kind)
         elif to is not None and not future.result():
-            self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to!r} in room")
+            self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to!r} in room", kind)
+        else:
+            self.metrics.frame(kind, OK)
 
-    def _refuse(self, peer: Peer, code: ErrorCode, message: str) -> None:
-        self.stats[f"errors.{code}"] += 1
+    def _refuse(self, peer: Peer, code: ErrorCode, message: str, kind: str = "invalid") -> None:
+        """Answer a frame with an error; `kind` is its type for metrics (invalid: unknown)."""
+        self.metrics.frame(kind, code)
+        self.metrics.error(code)
         peer.send(protocol.error_frame(code, message))
 
     # -- envelopes from the backend, in channel order -------------------------------------
@@ -206,21 +238,27 @@ class SignalingService:
         try:
             env = envelope.decode(payload)
         except BadEnvelope as exc:
-            self.stats["envelopes.bad"] += 1
+            self.metrics.envelopes_bad.inc()
             log.warning("dropped undecodable envelope", room=room, error=str(exc),
                         size=len(payload))
             return
+        self.metrics.envelope(_KIND[type(env)])
         if isinstance(env, Relay):
             target = local.active.get(env.to)
             if target is not None:
                 target.send(env.frame)
+                self.metrics.delivered("relay", env.node != self.node_id, env.sent)
         elif isinstance(env, Chat):
             for target in local.active.values():
                 target.send(env.frame)
+            if local.active:
+                self.metrics.delivered("chat", env.node != self.node_id, env.sent)
         elif isinstance(env, Join):
             self._on_join(local, env)
         elif isinstance(env, Leave):
             self._on_leave(local, env)
+        elif isinstance(env, Kick):
+            self._on_kick(local, env)
 
     def _on_join(self, local: LocalRoom, env: Join) -> None:
         old = local.active.get(env.peer)
@@ -246,5 +284,12 @@ class SignalingService:
         for target in local.active.values():
             target.send(frame)
 
+    def _on_kick(self, local: LocalRoom, env: Kick) -> None:
+        """Close this node's connections of the kicked peer (all of them: a closed room)."""
+        for peer in list(local.conns.values()):
+            if env.peer is None or peer.id == env.peer:
+                self.metrics.kicks.inc()
+                peer.close(env.code, env.reason)
 
-_KNOWN = frozenset({"offer", "answer", "ice", "chat", "ping"})
+
+_KIND: dict[type, str] = {Join: "j", Leave: "l", Relay: "r", Chat: "c", Kick: "k"}

@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+from app.backend.directory import Directory
 
 T = TypeVar("T")
 
@@ -38,10 +40,30 @@ class RoomFull(Exception):
     """The room already holds its maximum number of peers."""
 
 
+class BackendObserver(Protocol):
+    """What a backend reports for metrics (`app/metrics.py` implements it)."""
+
+    def backend_error(self, where: str) -> None:
+        """A command, the heartbeat or the pub/sub connection failed."""
+
+    def backend_reconnected(self) -> None:
+        """The connection to the fabric was re-established after a loss."""
+
+
+class _Silent:
+    def backend_error(self, where: str) -> None:
+        pass
+
+    def backend_reconnected(self) -> None:
+        pass
+
+
 class Backend(ABC):
     """What a node needs from the cluster fabric. See the module docstring for the rules."""
 
     node_id: str
+    directory: Directory  # read-only view for operators (admin API, inspector)
+    observer: BackendObserver = _Silent()  # the node sets its metrics here before `start`
 
     @abstractmethod
     async def start(self, on_envelope: EnvelopeHandler) -> None:

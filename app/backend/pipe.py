@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -28,8 +29,10 @@ _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class OrderedPipe:
-    def __init__(self, client: Redis, max_batch: int = 1000, max_queued: int = 50_000) -> None:
+    def __init__(self, client: Redis, max_batch: int = 1000, max_queued: int = 50_000,
+                 on_error: Callable[[], None] = lambda: None) -> None:
         self._client = client
+        self._on_error = on_error  # counts failed round trips and commands (metrics)
         self._max_batch = max_batch
         self._max_queued = max_queued
         self._queue: deque[Command] = deque()
@@ -73,6 +76,7 @@ class OrderedPipe:
         try:
             replies = await self._send(batch)
         except _LOST as exc:
+            self._on_error()
             _fail(batch, BackendUnavailable(f"redis: {exc}"))
             return
         missing = [cmd for cmd, reply in zip(batch, replies, strict=True)
@@ -93,6 +97,7 @@ class OrderedPipe:
             if future.done():
                 continue
             if isinstance(reply, Exception):
+                self._on_error()
                 log.error("redis command failed", command=str(args[0]), error=str(reply))
                 future.set_exception(BackendUnavailable(f"redis: {reply}"))
             else:

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from app.backend import scripts
 from app.backend.base import Backend, BackendUnavailable, EnvelopeHandler, RoomFull
+from app.backend.directory import RedisDirectory
 from app.backend.pipe import OrderedPipe
 from app.backend.subscriber import Subscriber
 from app.keys import Keys
@@ -44,12 +45,15 @@ def client_from_url(url: str) -> Redis:
 
 
 class RedisBackend(Backend):
-    def __init__(self, client: Redis, node_id: str, keys: Keys, node_ttl: float = 6.0) -> None:
+    def __init__(self, client: Redis, node_id: str, keys: Keys, node_ttl: float = 6.0,
+                 events_maxlen: int = 0) -> None:
         self.node_id = node_id
         self.keys = keys
+        self.directory = RedisDirectory(client, keys)
         self._client = client
         self._node_ttl = node_ttl
-        self._pipe = OrderedPipe(client)
+        self._events_maxlen = events_maxlen  # 0: append no room events (nobody consumes them)
+        self._pipe = OrderedPipe(client, on_error=lambda: self.observer.backend_error("command"))
         self._subscriber = Subscriber(client.connection_pool, self._on_message)
         self._channels: dict[bytes, str] = {}
         self._on_envelope: EnvelopeHandler | None = None
@@ -94,6 +98,7 @@ class RedisBackend(Backend):
         if task.cancelled():
             return
         self._alive = False
+        self.observer.backend_error(task.get_name())
         log.error("backend task stopped; node is not ready", task=task.get_name(),
                   error=repr(task.exception()))
 
@@ -104,6 +109,7 @@ class RedisBackend(Backend):
             try:
                 await self._beat()
             except (RedisError, OSError) as exc:
+                self.observer.backend_error("heartbeat")
                 if self._alive:
                     log.warning("redis heartbeat failed", error=str(exc))
                 self._alive = False
@@ -132,9 +138,10 @@ class RedisBackend(Backend):
         finally:
             self._channels.pop(channel, None)
 
-    def _room_keys(self, room: str) -> tuple[str, str, str, str]:
+    def _room_keys(self, room: str) -> tuple[str, str, str, str, str]:
         k = self.keys
-        return k.room_peers(room), k.room_conns(room), k.rooms, k.node_peers(self.node_id)
+        return (k.room_peers(room), k.room_conns(room), k.rooms, k.node_peers(self.node_id),
+                k.events)
 
     def _owner(self, conn: str) -> str:
         return f"{self.node_id}/{conn}"
@@ -144,9 +151,9 @@ class RedisBackend(Backend):
     ) -> list[str]:
         channel = self.keys.room_channel(room)
         future = await self._pipe.submit(
-            "EVALSHA", scripts.JOIN.sha, 4, *self._room_keys(room),
+            "EVALSHA", scripts.JOIN.sha, 5, *self._room_keys(room),
             room, peer, self._owner(conn), channel, fresh, takeover, limit,
-            *self.keys.node_peers_parts(),
+            *self.keys.node_peers_parts(), self._events_maxlen,
         )
         members = await future
         if members is None:
@@ -156,8 +163,8 @@ class RedisBackend(Backend):
     async def leave(self, room: str, peer: str, conn: str, envelope: bytes) -> bool:
         channel = self.keys.room_channel(room)
         future = await self._pipe.submit(
-            "EVALSHA", scripts.LEAVE.sha, 4, *self._room_keys(room),
-            room, peer, self._owner(conn), channel, envelope,
+            "EVALSHA", scripts.LEAVE.sha, 5, *self._room_keys(room),
+            room, peer, self._owner(conn), channel, envelope, self._events_maxlen,
         )
         return bool(await future)
 

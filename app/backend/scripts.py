@@ -3,6 +3,10 @@
 Publishing from inside the script is what makes a room channel a faithful log of its
 membership: every subscriber sees a join or leave exactly where it happened relative to
 relays and other joins, which is how a node decides what each of its peers was told.
+
+The same scripts append room events to a stream for the webhook worker when asked (events
+max length > 0): an event exists exactly when its membership change happened. A takeover
+(the same peer id again) changes no membership and adds no event.
 """
 
 from __future__ import annotations
@@ -23,13 +27,23 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-# KEYS: room peers set, room conns hash, rooms set, this node's peers set
+# Appends one room event to KEYS[5], trimmed near `maxlen` entries; `owner` is node/conn.
+_EVENT = """
+local function event(maxlen, kind, room, peer, owner)
+  local node = string.match(owner, '^(.*)/[^/]*$') or owner
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*',
+             'type', kind, 'room', room, 'peer', peer, 'node', node)
+end
+"""
+
+# KEYS: room peers set, room conns hash, rooms set, this node's peers set, events stream
 # ARGV: room, peer, owner (node/conn), channel, fresh envelope, takeover envelope,
-#       limit (0: none), node-peers key prefix, node-peers key suffix
+#       limit (0: none), node-peers key prefix, node-peers key suffix,
+#       events max length (0: no events)
 # Returns the members before the join (nil when the room is full).
 JOIN = Script(
     "join",
-    """
+    _EVENT + """
 local members = redis.call('SMEMBERS', KEYS[1])
 local present = redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1
 local limit = tonumber(ARGV[7])
@@ -48,23 +62,34 @@ if present then
   redis.call('PUBLISH', ARGV[4], ARGV[6])
 else
   redis.call('PUBLISH', ARGV[4], ARGV[5])
+  local maxlen = tonumber(ARGV[10] or '0')
+  if maxlen > 0 then
+    if #members == 0 then event(maxlen, 'room-started', ARGV[1], ARGV[2], ARGV[3]) end
+    event(maxlen, 'peer-joined', ARGV[1], ARGV[2], ARGV[3])
+  end
 end
 return members
 """,
 )
 
-# KEYS: room peers set, room conns hash, rooms set, the owner node's peers set
-# ARGV: room, peer, owner (node/conn), channel, leave envelope
+# KEYS: room peers set, room conns hash, rooms set, the owner node's peers set, events stream
+# ARGV: room, peer, owner (node/conn), channel, leave envelope, events max length (0: none)
 # Returns 1 if `owner` owned the membership (removed and announced), else 0.
 LEAVE = Script(
     "leave",
-    """
+    _EVENT + """
 if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('SREM', KEYS[1], ARGV[2])
 redis.call('SREM', KEYS[4], ARGV[1] .. '/' .. ARGV[2])
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
+local empty = redis.call('EXISTS', KEYS[1]) == 0
+if empty then redis.call('SREM', KEYS[3], ARGV[1]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+local maxlen = tonumber(ARGV[6] or '0')
+if maxlen > 0 then
+  event(maxlen, 'peer-left', ARGV[1], ARGV[2], ARGV[3])
+  if empty then event(maxlen, 'room-finished', ARGV[1], ARGV[2], ARGV[3]) end
+end
 return 1
 """,
 )
