@@ -54,7 +54,7 @@ class Settings:
     webhook_backoff_seconds: float = 1.0
     webhook_backoff_max_seconds: float = 60.0
     webhook_consumer: str = ""
-    webhook_claim_idle_seconds: float = 60.0
+    webhook_claim_idle_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -112,7 +112,7 @@ def _operations(r: _Reader) -> dict[str, Any]:
         "webhook_backoff_seconds": r.number("WEBHOOK_BACKOFF_SECONDS", 1.0, lo=0.0),
         "webhook_backoff_max_seconds": r.number("WEBHOOK_BACKOFF_MAX_SECONDS", 60.0, lo=0.0),
         "webhook_consumer": r.text("WEBHOOK_CONSUMER", ""),
-        "webhook_claim_idle_seconds": r.number("WEBHOOK_CLAIM_IDLE_SECONDS", 60.0, lo=0.1),
+        "webhook_claim_idle_seconds": r.number("WEBHOOK_CLAIM_IDLE_SECONDS", 300.0, lo=0.1),
     }
 
 
@@ -125,6 +125,9 @@ def _check_operations(s: Settings) -> None:
         raise ConfigError("TURN_URLS needs TURN_SECRET (coturn's static-auth-secret)")
     if s.webhook_url and not s.webhook_url.startswith(("http://", "https://")):
         raise ConfigError("WEBHOOK_URL must start with http:// or https://")
+    if s.webhook_claim_idle_seconds <= s.webhook_backoff_max_seconds + s.webhook_timeout_seconds:
+        raise ConfigError("WEBHOOK_CLAIM_IDLE_SECONDS must exceed WEBHOOK_BACKOFF_MAX_SECONDS + "
+                          "WEBHOOK_TIMEOUT_SECONDS (a live worker's retry is not abandoned)")
     if s.webhook_consumer and not ID_PATTERN.fullmatch(s.webhook_consumer):
         raise ConfigError(f"WEBHOOK_CONSUMER must match {ID_PATTERN.pattern}")
 
