@@ -42,9 +42,10 @@ class NodeMetrics:
 
     def __init__(self, node: str = "", backend: str = "") -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        Info("signaling_build", "Version of this node's code and runtime.", registry=r).info({
-            "version": _version(), "python": platform.python_version(),
-            "node": node, "backend": backend})
+        self._build = Info("signaling_build", "Version of this node's code and runtime.",
+                           registry=r)
+        self._node = node
+        self.set_backend(backend)
         self.peers = Gauge("signaling_peers", "WebSocket connections on this node.", registry=r)
         self.rooms = Gauge("signaling_rooms", "Rooms with a connection on this node.", registry=r)
         self.subscriptions = Gauge("signaling_pubsub_subscriptions",
@@ -80,6 +81,11 @@ class NodeMetrics:
         self._latency = {(k, p): latency.labels(k, p) for k in ("relay", "chat")
                          for p in ("local", "remote")}
         self._envelopes = {k: envelopes.labels(k) for k in ("j", "l", "r", "c", "k")}
+
+    def set_backend(self, backend: str) -> None:
+        """Name the backend in `signaling_build_info` (known once the app has built it)."""
+        self._build.info({"version": _version(), "python": platform.python_version(),
+                          "node": self._node, "backend": backend})
 
     def watch(self, peers: Callable[[], float], rooms: Callable[[], float],
               subscriptions: Callable[[], float], ready: Callable[[], bool]) -> None:

@@ -30,8 +30,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
-    app[METRICS] = metrics = NodeMetrics(settings.node_id,
-                                         "redis" if settings.redis_url else "memory")
+    app[METRICS] = metrics = NodeMetrics(settings.node_id)
     app.router.add_get("/health", http.health)
     app.router.add_get("/ready", http.ready)
     app.router.add_get("/metrics", http.metrics)
@@ -44,6 +43,7 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = backend_factory(settings)
         backend.observer = metrics
+        metrics.set_backend(type(backend).__name__.removesuffix("Backend").lower())
         service = SignalingService(backend, settings, metrics)
         await backend.start(service.on_envelope)
         app[SERVICE] = service

@@ -117,7 +117,6 @@ async def test_a_peer_closed_for_send_queue_overflow_is_counted() -> None:
     peer.send(b"x" * 2048)  # never attached: nothing drains the queue
     assert peer.overflowed and peer.closing
     await service.leave(peer)
-    assert service.metrics.queue_overflows._value.get() == 1
     assert b"signaling_send_queue_overflows_total 1.0" in service.metrics.render()
     await backend.stop()
 
