@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import orjson
 from dotenv import load_dotenv
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app import envelope
 from app.backend.directory import RedisDirectory
@@ -145,6 +146,9 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             return 0
         return await show(client, keys, args.command, getattr(args, "room", None),
                           getattr(args, "json", False), out)
+    except (RedisError, OSError) as exc:
+        print(f"redis at {url}: {exc}", file=sys.stderr)
+        return 1
     finally:
         await client.aclose()
 

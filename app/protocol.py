@@ -83,7 +83,8 @@ def notice_frame(kind: str, room: str, peer: str) -> bytes:
 def welcome_frame(room: str, peer: str, peers: list[str], node: str,
                   extra: Mapping[str, Any] | None = None) -> bytes:
     """`extra` adds fields to `data` (e.g. `iceServers`); clients ignore what they don't know."""
-    data = {**(extra or {}), "peer": peer, "peers": peers, "node": node}
+    data: dict[str, Any] = {"peer": peer, "peers": peers, "node": node}
+    data.update((k, v) for k, v in (extra or {}).items() if k not in data)
     return encode({"type": "welcome", "room": room, "from": SERVER, "to": peer, "data": data})
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.backend import MemoryBackend
+import aiohttp
+
 from app.client import SignalingClient
 from app.server import create_app
-from app.service import SignalingService
 from tests.support.cluster import in_process, node_settings, unique
 from tests.support.http import Scrape, scrape
 from tests.support.peers import barrier
@@ -108,17 +108,22 @@ async def test_redis_errors_are_counted_and_ready_drops(start_server: Any) -> No
             await c.redis.aclose()
 
 
-async def test_a_peer_closed_for_send_queue_overflow_is_counted() -> None:
-    settings = node_settings(0, send_queue_bytes=1024)
-    backend = MemoryBackend(settings.node_id)
-    service = SignalingService(backend, settings)
-    await backend.start(service.on_envelope)
-    peer = await service.join("room", "slow")
-    peer.send(b"x" * 2048)  # never attached: nothing drains the queue
-    assert peer.overflowed and peer.closing
-    await service.leave(peer)
-    assert b"signaling_send_queue_overflows_total 1.0" in service.metrics.render()
-    await backend.stop()
+async def test_a_peer_that_stops_reading_is_closed_and_counted(start_server: Any) -> None:
+    server = await start_server(create_app(node_settings(0, send_queue_bytes=1024)))
+    url = str(server.make_url("")).rstrip("/")
+    room = unique("room")
+    async with aiohttp.ClientSession() as http:
+        # a client that never reads: aiohttp stops reading its socket once its buffer fills
+        slow = await http.ws_connect(f"{url.replace('http', 'ws', 1)}/ws/{room}/slow")
+        fast = await SignalingClient.connect(url, room, "fast")
+        for _ in range(200):  # 10 MB for `slow`, more than the socket buffers hold
+            await fast.offer("slow", "x" * 50_000)
+        left = await fast.next_of("peer-left", timeout=20)
+        assert left.data == "slow"
+        after = await scrape(url)
+        assert after.get("signaling_send_queue_overflows_total") == 1
+        await fast.close()
+        await slow.close()
 
 
 def test_apps_never_share_the_global_registry() -> None:
