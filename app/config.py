@@ -117,6 +117,8 @@ def _operations(r: _Reader) -> dict[str, Any]:
 
 
 def _check_operations(s: Settings) -> None:
+    if s.webhook_events and not s.redis_url:
+        raise ConfigError("WEBHOOK_EVENTS=1 needs REDIS_URL: room events live in a Redis stream")
     if any(not url.startswith(("stun:", "stuns:")) for url in s.ice_stun_urls):
         raise ConfigError("ICE_STUN_URLS entries must start with stun: or stuns:")
     if any(not url.startswith(("turn:", "turns:")) for url in s.turn_urls):

@@ -238,7 +238,7 @@ class SignalingService:
         try:
             env = envelope.decode(payload)
         except BadEnvelope as exc:
-            self.metrics.envelopes_bad.inc()
+            self.metrics.bad_envelope()
             log.warning("dropped undecodable envelope", room=room, error=str(exc),
                         size=len(payload))
             return

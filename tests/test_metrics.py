@@ -132,3 +132,27 @@ def test_apps_never_share_the_global_registry() -> None:
     one, two = create_app(node_settings(0)), create_app(node_settings(1))
     assert one is not two
     assert not any(m.name.startswith("signaling") for m in REGISTRY.collect())
+
+
+def test_plain_latency_histogram_matches_prometheus_clients_own() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from app.hotpath import LATENCY_BUCKETS
+    from app.metrics import NodeMetrics
+
+    values = [0.0, 0.0005, 0.0007, 0.001, 0.003, 0.25, 0.2500001, 4.0, 5.0, 9.0]
+    ours = NodeMetrics("n")
+    reference = CollectorRegistry()
+    histogram = Histogram("signaling_relay_latency_seconds", "x", ["kind", "path"],
+                          buckets=LATENCY_BUCKETS, registry=reference)
+    for value in values:
+        ours.hot.observe(("chat", "remote"), value)
+        histogram.labels("chat", "remote").observe(value)
+
+    def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        got = Scrape(text).samples
+        return {k: v for k, v in got.items()
+                if k[0].startswith("signaling_relay_latency_seconds_") and "created" not in k[0]
+                and ("kind", "chat") in k[1] and ("path", "remote") in k[1]}
+
+    assert samples(ours.render().decode()) == samples(generate_latest(reference).decode())
