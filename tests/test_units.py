@@ -69,10 +69,19 @@ def test_settings_read_every_variable() -> None:
     {"PORT": "eighty"}, {"PORT": "70000"}, {"NODE_ID": "has space"}, {"LOG_FORMAT": "xml"},
     {"REDIS_URL": "http://x"}, {"MAX_FRAME_BYTES": "5000", "HARD_FRAME_BYTES": "4000"},
     {"KEY_PREFIX": "a b"}, {"RATE_LIMIT_PER_S": "-1"},
+    {"WEBHOOK_EVENTS": "1"}, {"WEBHOOK_EVENTS": "maybe"}, {"WEBHOOK_URL": "ftp://x"},
+    {"WEBHOOK_BACKOFF_MAX_SECONDS": "600"}, {"WEBHOOK_CONSUMER": "a b"},
 ])
 def test_bad_settings_stop_start_up_with_the_variable_named(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=next(iter(env)).split("_")[0]):
         Settings.from_env(env)
+
+
+def test_operations_settings() -> None:
+    s = Settings.from_env({"REDIS_URL": "redis://r", "WEBHOOK_EVENTS": "yes",
+                           "WEBHOOK_URL": "https://h.example/x", "ADMIN_TOKEN": " t "})
+    assert s.webhook_events and s.webhook_stream_maxlen == 100_000 and s.admin_token == "t"
+    assert Settings.from_env({}).admin_token is None and not Settings.from_env({}).webhook_events
 
 
 def test_ids() -> None:
