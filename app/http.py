@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from app import protocol
-from app.state import SERVICE, SETTINGS
+from app.metrics import CONTENT_TYPE
+from app.state import METRICS, SERVICE, SETTINGS
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -36,3 +37,8 @@ async def add_node_header(request: web.Request, response: web.StreamResponse) ->
     """Name the answering node on every response, the WebSocket upgrade included, so a
     client (or nginx's access log) sees which node it reached without a welcome frame."""
     response.headers["X-Node-Id"] = request.app[SETTINGS].node_id
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format of this node's own registry."""
+    response = web.Response(body=request.app[METRICS].render())
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response

@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from app.config import Settings
+from app.metrics import NodeMetrics
 from app.service import SignalingService
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", SignalingService)
+METRICS = web.AppKey("metrics", NodeMetrics)
