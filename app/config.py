@@ -20,6 +20,10 @@ from dotenv import load_dotenv
 
 from app.ids import ID_PATTERN
 
+# The original's Next.js dev server, and the demo page that a node on the default port
+# serves itself (app/page.py).
+DEFAULT_ORIGINS = "http://localhost:3000,http://localhost:3001,http://127.0.0.1:3001"
+
 
 class ConfigError(ValueError):
     """A setting has a value the node cannot run with."""
@@ -32,7 +36,7 @@ class Settings:
     redis_url: str | None = None
     node_id: str = field(default_factory=lambda: default_node_id())
     key_prefix: str = "sig:"
-    allowed_origins: tuple[str, ...] = ("http://localhost:3000",)
+    allowed_origins: tuple[str, ...] = tuple(DEFAULT_ORIGINS.split(","))
     log_level: str = "info"
     log_format: str = "json"
     max_frame_bytes: int = 65536
@@ -71,7 +75,7 @@ class Settings:
             redis_url=r.text("REDIS_URL", "") or None,
             node_id=r.text("NODE_ID", "") or default_node_id(),
             key_prefix=r.text("KEY_PREFIX", "sig:"),
-            allowed_origins=r.items("ALLOWED_ORIGINS", "http://localhost:3000"),
+            allowed_origins=r.items("ALLOWED_ORIGINS", DEFAULT_ORIGINS),
             log_level=r.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=r.choice("LOG_FORMAT", "json", ("json", "console")),
             max_frame_bytes=r.integer("MAX_FRAME_BYTES", 65536, lo=64),

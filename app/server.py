@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from app import admin, http, ws
+from app import admin, http, page, ws
 from app.backend import Backend, create_backend
 from app.config import Settings
 from app.metrics import NodeMetrics
@@ -39,6 +39,7 @@ def create_app(
     app.router.add_get("/ws/{room}/{peer}", ws.websocket)
     app.router.add_route("*", "/ws/{tail:.*}", http.not_found_ws)
     app.router.add_route("*", "/ws", http.not_found_ws)
+    page.add_routes(app)
     app.on_response_prepare.append(http.add_node_header)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -49,7 +49,8 @@ def test_envelopes_of_the_wrong_shape_are_refused(items: object) -> None:
 def test_settings_defaults_match_the_contract() -> None:
     s = Settings.from_env({})
     assert s.port == 3001 and s.redis_url is None and s.key_prefix == "sig:"
-    assert s.allowed_origins == ("http://localhost:3000",)
+    assert s.allowed_origins == ("http://localhost:3000", "http://localhost:3001",
+                                 "http://127.0.0.1:3001")
     assert s.max_frame_bytes == 65536 and s.hard_frame_bytes == 1048576
     assert s.rate_limit_per_s == 100 and s.rate_limit_burst == 1000
     assert s.send_queue_bytes == 1048576 and is_valid_id(s.node_id)

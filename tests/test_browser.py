@@ -1,0 +1,228 @@
+"""Real calls through the real topology: headless Chromium pages (Debian's `chromium`, fake
+camera and microphone, driven by Playwright) load the demo page through nginx in front of
+three node processes on a redis-server, and call each other.
+
+One browser for the module, one context (a separate user) per page. A screenshot of the
+two-page call is saved to test-artifacts/browser-call.png.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, WebSocketRoute, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from tests.support.browser import CHROMIUM_FLAGS, chromium_binary
+from tests.support.cluster import unique
+from tests.support.nginx import NginxProcess
+from tests.support.procs import ROOT, NodeProcess, RedisServer, wait_until
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = ROOT / "test-artifacts"
+WAIT_MS = 20_000
+
+ALL_CONNECTED = """(n) => {
+  const links = [...(window.demo?.mesh?.links.values() ?? [])];
+  return links.length === n && links.every((l) => l.state === "connected");
+}"""
+# Video frames each remote stream has decoded, per peer (inbound-rtp stats of the link).
+FRAMES_DECODED = """async () => {
+  const out = {};
+  for (const [peer, link] of demo.mesh.links) {
+    const stats = await link.pc.getStats();
+    out[peer] = 0;
+    stats.forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "video") out[peer] += r.framesDecoded ?? 0;
+    });
+  }
+  return out;
+}"""
+CONSOLE: dict[Page, list[str]] = {}  # each page's console lines, for failure messages
+LINK_SERIALS = "() => Object.fromEntries([...demo.mesh.links].map(([p, l]) => [p, l.serial]))"
+
+
+@pytest.fixture(scope="module")
+def site(redis_server: RedisServer) -> Iterator[str]:
+    """nginx (the repository's nginx.conf) in front of three nodes; the page's origin is
+    nginx's, so that is the origin the nodes allow."""
+    prefix = f"{unique('web')}:"
+    nodes = [NodeProcess({"REDIS_URL": redis_server.url, "KEY_PREFIX": prefix,
+                          "NODE_ID": f"web{i}"}) for i in range(3)]
+    nginx = NginxProcess([n.port for n in nodes])
+    try:
+        for node in nodes:
+            node.env["ALLOWED_ORIGINS"] = nginx.url
+            node.start(wait_ready=False)
+        for node in nodes:
+            wait_until(node.is_ready, 15, f"node {node.url}")
+        yield nginx.start().url
+    finally:
+        nginx.cleanup()
+        for node in nodes:
+            node.kill()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_binary(), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def pages(browser: Browser) -> Iterator[list[Page]]:
+    """Pages opened by the test, each in its own context; closed afterwards."""
+    opened: list[Page] = []
+    yield opened
+    for page in opened:
+        page.context.close()
+
+
+def join(browser: Browser, pages: list[Page], url: str,
+         before: Callable[[Page], None] | None = None) -> Page:
+    """Open the page and wait until it has joined (welcome received)."""
+    page = browser.new_context(viewport={"width": 900, "height": 600}).new_page()
+    if before is not None:
+        before(page)
+    page.on("console", lambda msg: CONSOLE.setdefault(page, []).append(msg.text))
+    pages.append(page)
+    page.goto(url)
+    page.wait_for_function("() => window.demo?.status === 'open'", timeout=WAIT_MS)
+    return page
+
+
+def node_of(page: Page) -> str:
+    return str(page.evaluate("demo.node"))
+
+
+def peer_of(page: Page) -> str:
+    return str(page.evaluate("demo.peer"))
+
+
+def wait_connected(page: Page, links: int) -> None:
+    try:
+        page.wait_for_function(ALL_CONNECTED, arg=links, timeout=WAIT_MS)
+    except PlaywrightTimeout:
+        raise AssertionError(f"{peer_of(page)} on {node_of(page)}: links {states(page)}, "
+                             f"console {CONSOLE.get(page)}") from None
+
+
+def states(page: Page) -> object:
+    return page.evaluate("Object.fromEntries([...demo.mesh.links].map(([p, l]) => "
+                         "[p, [l.state, l.pc.signalingState, l.pc.iceConnectionState]]))")
+
+
+def test_two_pages_on_different_nodes_call_each_other_and_chat(
+    site: str, browser: Browser, pages: list[Page],
+) -> None:
+    room = unique("call")
+    a = join(browser, pages, f"{site}/?room={room}")
+    b = join(browser, pages, f"{site}/#{room}")
+    # least_conn: a's WebSocket is open, so b's goes to another node.
+    assert node_of(a) != node_of(b)
+    assert page_node_is_shown(a)
+    for page in (a, b):
+        wait_connected(page, 1)
+        page.wait_for_function(f"async () => Object.values(await ({FRAMES_DECODED})())"
+                               ".every((n) => n > 0)", timeout=WAIT_MS)
+    a.fill("#chat-input", "hello from a")
+    a.click("#chat-form button")
+    line = {"from": peer_of(a), "text": "hello from a"}
+    for page in (a, b):
+        page.wait_for_function("(l) => demo.chat.some((c) => c.from === l.from && "
+                               "c.text === l.text)", arg=line, timeout=WAIT_MS)
+    assert b.locator("#chat-log").inner_text().endswith("hello from a")
+    assert b.locator(f'figure[data-peer="{peer_of(a)}"]').get_attribute("data-state") == \
+        "connected"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot: Path = ARTIFACTS / "browser-call.png"
+    b.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+
+
+def hold_offers_until_own_offer(page: Page) -> None:
+    """Route the page's WebSocket through Playwright and hold back offers addressed to it
+    until it has sent its own: the two offers of a pair then cross for certain (glare)."""
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        held: list[str | bytes] = []
+        sent_offer = False
+
+        def to_server(message: str | bytes) -> None:
+            nonlocal sent_offer
+            server.send(message)
+            if not sent_offer and json.loads(message).get("type") == "offer":
+                sent_offer = True
+                for frame in held:
+                    ws.send(frame)
+
+        def to_page(message: str | bytes) -> None:
+            if not sent_offer and json.loads(message).get("type") == "offer":
+                held.append(message)
+            else:
+                ws.send(message)
+
+        ws.on_message(to_server)
+        server.on_message(to_page)
+
+    page.route_web_socket("**/ws/**", route)
+
+
+def test_offers_that_cross_are_resolved_by_perfect_negotiation(
+    site: str, browser: Browser, pages: list[Page],
+) -> None:
+    room = unique("glare")
+    a = join(browser, pages, f"{site}/?room={room}", before=hold_offers_until_own_offer)
+    b = join(browser, pages, f"{site}/?room={room}", before=hold_offers_until_own_offer)
+    for page in (a, b):
+        wait_connected(page, 1)
+    # Each side received the other's offer while its own was out: one collision each. The
+    # polite side (smaller id) rolled its offer back, the other ignored the incoming one.
+    collisions = [p.evaluate("[...demo.mesh.links.values()][0].collisions") for p in (a, b)]
+    assert collisions == [1, 1]
+
+
+def page_node_is_shown(page: Page) -> bool:
+    """The page shows the node that served it (Server-Timing) and the one it talks to."""
+    served = str(page.evaluate("demo.pageNode"))
+    return served.startswith("web") and page.inner_text("#node") == node_of(page)
+
+
+def test_four_pages_form_a_full_mesh_that_recovers_when_one_reloads(
+    site: str, browser: Browser, pages: list[Page],
+) -> None:
+    room = unique("mesh")
+    mesh = [join(browser, pages, f"{site}/?room={room}") for _ in range(4)]
+    assert {node_of(p) for p in mesh} == {"web0", "web1", "web2"}
+    for page in mesh:
+        wait_connected(page, 3)
+    peers = [peer_of(p) for p in mesh]
+    pairs = {frozenset((peer_of(p), peer)) for p in mesh
+             for peer in p.evaluate("[...demo.mesh.links.keys()]")}
+    assert pairs == {frozenset(pair) for pair in itertools.combinations(peers, 2)}
+
+    before = [p.evaluate(LINK_SERIALS) for p in mesh]
+    reloaded = mesh[1]
+    reloaded.reload()
+    reloaded.wait_for_function("() => window.demo?.status === 'open'", timeout=WAIT_MS)
+    assert peer_of(reloaded) == peers[1]  # the same peer came back (sessionStorage)
+    for page, old in zip(mesh, before, strict=True):
+        if page is not reloaded:
+            # The link to the reloaded page is a new connection; the others are untouched.
+            page.wait_for_function(f"() => ({LINK_SERIALS})()[{peers[1]!r}] > {old[peers[1]]}",
+                                   timeout=WAIT_MS)
+        wait_connected(page, 3)
+        now = page.evaluate(LINK_SERIALS)
+        if page is not reloaded:
+            assert {p: s for p, s in now.items() if p != peers[1]} == \
+                {p: s for p, s in old.items() if p != peers[1]}
+    reloaded.wait_for_function(f"async () => Object.values(await ({FRAMES_DECODED})())"
+                               ".every((n) => n > 0)", timeout=WAIT_MS)
