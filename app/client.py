@@ -7,17 +7,22 @@
 
 `recv` returns frames in arrival order; `next_of` waits for one type and skips others.
 When the node closes the connection, `recv` raises `Closed` with the close code.
+`events()` gives the same frames as typed events (`app.events`) until the connection
+closes; `app.reconnect.ReconnectingClient` adds reconnection for long-running bots.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
+
+from app.events import Event, Welcome, to_event
 
 
 class Closed(Exception):
@@ -53,13 +58,36 @@ class Frame:
                    obj.get("data"), obj)
 
 
-class SignalingClient:
+class SendHelpers:
+    """One method per frame type a client sends, on top of `send`."""
+
+    async def send(self, type: str, to: str | None = None, data: Any = None) -> None:
+        raise NotImplementedError
+
+    async def offer(self, to: str, sdp: Any) -> None:
+        await self.send("offer", to, sdp)
+
+    async def answer(self, to: str, sdp: Any) -> None:
+        await self.send("answer", to, sdp)
+
+    async def ice(self, to: str, candidate: Any) -> None:
+        await self.send("ice", to, candidate)
+
+    async def chat(self, data: Any) -> None:
+        await self.send("chat", None, data)
+
+    async def ping(self) -> None:
+        await self.send("ping")
+
+
+class SignalingClient(SendHelpers):
     def __init__(self, ws: aiohttp.ClientWebSocketResponse,
                  session: aiohttp.ClientSession | None, welcome: Frame) -> None:
         self.ws = ws
         self._own_session = session
         self.welcome = welcome
         self.close_code: int | None = None
+        self.close_reason = ""
 
     @classmethod
     async def connect(
@@ -116,21 +144,6 @@ class SignalingClient:
     async def send_raw(self, text: str) -> None:
         await self.ws.send_str(text)
 
-    async def offer(self, to: str, sdp: Any) -> None:
-        await self.send("offer", to, sdp)
-
-    async def answer(self, to: str, sdp: Any) -> None:
-        await self.send("answer", to, sdp)
-
-    async def ice(self, to: str, candidate: Any) -> None:
-        await self.send("ice", to, candidate)
-
-    async def chat(self, data: Any) -> None:
-        await self.send("chat", None, data)
-
-    async def ping(self) -> None:
-        await self.send("ping")
-
     async def recv(self, timeout: float | None = 10.0) -> Frame:
         """The next frame; raises `Closed` when the node closed the connection."""
         msg = await asyncio.wait_for(self.ws.receive(), timeout)
@@ -154,6 +167,23 @@ class SignalingClient:
                 frame = await self.recv(timeout=None)
                 if frame.type == type:
                     return frame
+
+    @property
+    def welcome_event(self) -> Welcome:
+        event = to_event(self.welcome)
+        assert isinstance(event, Welcome), self.welcome.raw
+        return event
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Typed events, in arrival order, until the node closes the connection (then
+        `close_code` says why). The welcome was consumed by `connect`: see `welcome_event`."""
+        while True:
+            try:
+                frame = await self.recv(timeout=None)
+            except Closed as exc:
+                self.close_reason = exc.reason
+                return
+            yield to_event(frame)
 
     async def close(self) -> None:
         await self.ws.close()
