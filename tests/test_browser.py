@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,8 +49,21 @@ CONSOLE: dict[Page, list[str]] = {}  # each page's console lines, for failure me
 LINK_SERIALS = "() => Object.fromEntries([...demo.mesh.links].map(([p, l]) => [p, l.serial]))"
 
 
+@dataclass
+class Site:
+    nodes: list[NodeProcess]
+    nginx: NginxProcess
+
+    @property
+    def url(self) -> str:
+        return self.nginx.url
+
+    def node(self, node_id: str) -> NodeProcess:
+        return next(n for n in self.nodes if n.env["NODE_ID"] == node_id)
+
+
 @pytest.fixture(scope="module")
-def site(redis_server: RedisServer) -> Iterator[str]:
+def whole_site(redis_server: RedisServer) -> Iterator[Site]:
     """nginx (the repository's nginx.conf) in front of three nodes; the page's origin is
     nginx's, so that is the origin the nodes allow."""
     prefix = f"{unique('web')}:"
@@ -61,11 +76,33 @@ def site(redis_server: RedisServer) -> Iterator[str]:
             node.start(wait_ready=False)
         for node in nodes:
             wait_until(node.is_ready, 15, f"node {node.url}")
-        yield nginx.start().url
+        yield Site(nodes, nginx.start())
     finally:
         nginx.cleanup()
         for node in nodes:
             node.kill()
+
+
+@pytest.fixture
+def site(whole_site: Site) -> Iterator[Site]:
+    """The module's site, with any node a test stopped started again (same port) and a
+    fresh nginx, which forgets the failed tries of a moment ago."""
+    yield whole_site
+    stopped = [n for n in whole_site.nodes if n.proc is None or n.proc.poll() is not None
+               or not answers(n)]
+    for node in stopped:
+        node.stop()  # a draining node finishes first
+        node.start()
+    if stopped:
+        whole_site.nginx.stop()
+        whole_site.nginx.start()
+
+
+def answers(node: NodeProcess) -> bool:
+    try:
+        return node.is_ready()
+    except RuntimeError:  # it exited
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +157,11 @@ def states(page: Page) -> object:
 
 
 def test_two_pages_on_different_nodes_call_each_other_and_chat(
-    site: str, browser: Browser, pages: list[Page],
+    site: Site, browser: Browser, pages: list[Page],
 ) -> None:
     room = unique("call")
-    a = join(browser, pages, f"{site}/?room={room}")
-    b = join(browser, pages, f"{site}/#{room}")
+    a = join(browser, pages, f"{site.url}/?room={room}")
+    b = join(browser, pages, f"{site.url}/#{room}")
     # least_conn: a's WebSocket is open, so b's goes to another node.
     assert node_of(a) != node_of(b)
     assert page_node_is_shown(a)
@@ -177,11 +214,11 @@ def hold_offers_until_own_offer(page: Page) -> None:
 
 
 def test_offers_that_cross_are_resolved_by_perfect_negotiation(
-    site: str, browser: Browser, pages: list[Page],
+    site: Site, browser: Browser, pages: list[Page],
 ) -> None:
     room = unique("glare")
-    a = join(browser, pages, f"{site}/?room={room}", before=hold_offers_until_own_offer)
-    b = join(browser, pages, f"{site}/?room={room}", before=hold_offers_until_own_offer)
+    a = join(browser, pages, f"{site.url}/?room={room}", before=hold_offers_until_own_offer)
+    b = join(browser, pages, f"{site.url}/?room={room}", before=hold_offers_until_own_offer)
     for page in (a, b):
         wait_connected(page, 1)
     # Each side received the other's offer while its own was out: one collision each. The
@@ -197,10 +234,10 @@ def page_node_is_shown(page: Page) -> bool:
 
 
 def test_four_pages_form_a_full_mesh_that_recovers_when_one_reloads(
-    site: str, browser: Browser, pages: list[Page],
+    site: Site, browser: Browser, pages: list[Page],
 ) -> None:
     room = unique("mesh")
-    mesh = [join(browser, pages, f"{site}/?room={room}") for _ in range(4)]
+    mesh = [join(browser, pages, f"{site.url}/?room={room}") for _ in range(4)]
     assert {node_of(p) for p in mesh} == {"web0", "web1", "web2"}
     for page in mesh:
         wait_connected(page, 3)
@@ -226,3 +263,49 @@ def test_four_pages_form_a_full_mesh_that_recovers_when_one_reloads(
                 {p: s for p, s in old.items() if p != peers[1]}
     reloaded.wait_for_function(f"async () => Object.values(await ({FRAMES_DECODED})())"
                                ".every((n) => n > 0)", timeout=WAIT_MS)
+
+
+def wait_rejoined(page: Page, welcomes: int) -> None:
+    page.wait_for_function("(n) => demo.welcomes === n && demo.status === 'open'",
+                           arg=welcomes, timeout=WAIT_MS)
+
+
+def test_a_page_whose_node_drains_or_dies_rejoins_elsewhere_and_the_call_recovers(
+    site: Site, browser: Browser, pages: list[Page],
+) -> None:
+    room = unique("move")
+    a = join(browser, pages, f"{site.url}/?room={room}")
+    b = join(browser, pages, f"{site.url}/?room={room}")
+    for page in (a, b):
+        wait_connected(page, 1)
+    for welcomes, how in ((2, signal.SIGTERM), (3, signal.SIGKILL)):
+        first, b_link = node_of(a), b.evaluate(LINK_SERIALS)[peer_of(a)]
+        assert first != node_of(b)  # b's node stays up
+        site.node(first).signal(how)
+        wait_rejoined(a, welcomes)
+        assert node_of(a) != first
+        # b heard a leave and come back, and made a new connection to it
+        b.wait_for_function(f"() => ({LINK_SERIALS})()[{peer_of(a)!r}] > {b_link}",
+                            timeout=WAIT_MS)
+        for page in (a, b):
+            wait_connected(page, 1)
+    # 1001: the node drained; 1006: no close frame, the node was gone
+    assert a.evaluate("demo.closes") == [1001, 1006]
+
+
+def test_a_page_whose_peer_id_opens_in_another_tab_steps_aside(
+    site: Site, browser: Browser, pages: list[Page],
+) -> None:
+    room = unique("twice")
+    a = join(browser, pages, f"{site.url}/?room={room}")
+    b = join(browser, pages, f"{site.url}/?room={room}")
+    wait_connected(b, 1)
+    newer = join(browser, pages, f"{site.url}/?room={room}&peer={peer_of(a)}")
+    a.wait_for_function("() => demo.status === 'stopped'", timeout=WAIT_MS)
+    # a does not fight back: no socket, no reconnect scheduled, and it says why
+    assert a.evaluate("[demo.closes, demo.signaling.ws, demo.signaling.timers.size]") == \
+        [[4001], None, 0]
+    assert "another tab" in a.inner_text("#status")
+    for page in (newer, b):
+        wait_connected(page, 1)
+    assert b.evaluate("[...demo.mesh.links.keys()]") == [peer_of(a)]

@@ -126,9 +126,13 @@ function wire(demo, signaling, mesh) {
     if (detail.state === "open") setStatus(demo, "connected", "open");
     else if (detail.state === "connecting") setStatus(demo, "connecting…", "connecting");
     else if (detail.state === "closed") {
+      demo.closes.push(detail.code);
       setStatus(demo, `disconnected (${detail.code}), retrying in ` +
                       `${(detail.retryIn / 1000).toFixed(1)} s`, "closed");
-    } else setStatus(demo, `stopped: ${detail.reason}`, "stopped");
+    } else {
+      demo.closes.push(detail.code);
+      setStatus(demo, `stopped: ${detail.reason}`, "stopped");
+    }
   });
   mesh.addEventListener("change", ({ detail }) => showLink(mesh, detail));
   $("#chat-form").addEventListener("submit", (ev) => {
@@ -148,7 +152,7 @@ async function main() {
   const peer = peerFromUrl();
   const token = new URL(location.href).searchParams.get("token");
   const demo = { room, peer, node: null, pageNode: pageNode(), status: "starting",
-                 welcomes: 0, chat: [] };
+                 welcomes: 0, closes: [], chat: [] };
   window.demo = demo;
   $("#room").textContent = room;
   $("#me").textContent = peer;
