@@ -53,6 +53,8 @@ LINK_SERIALS = "() => Object.fromEntries([...demo.mesh.links].map(([p, l]) => [p
 class Site:
     nodes: list[NodeProcess]
     nginx: NginxProcess
+    redis: RedisServer
+    prefix: str
 
     @property
     def url(self) -> str:
@@ -60,6 +62,9 @@ class Site:
 
     def node(self, node_id: str) -> NodeProcess:
         return next(n for n in self.nodes if n.env["NODE_ID"] == node_id)
+
+    def rooms(self) -> list[str]:
+        return self.redis.cli("KEYS", f"{self.prefix}room:*").split()
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,7 @@ def whole_site(redis_server: RedisServer) -> Iterator[Site]:
             node.start(wait_ready=False)
         for node in nodes:
             wait_until(node.is_ready, 15, f"node {node.url}")
-        yield Site(nodes, nginx.start())
+        yield Site(nodes, nginx.start(), redis_server, prefix)
     finally:
         nginx.cleanup()
         for node in nodes:
@@ -114,12 +119,14 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def pages(browser: Browser) -> Iterator[list[Page]]:
-    """Pages opened by the test, each in its own context; closed afterwards."""
+def pages(browser: Browser, site: Site) -> Iterator[list[Page]]:
+    """Pages opened by the test, each in its own context; closed afterwards, and gone
+    from every room before the next test, so nginx's least_conn counts start from zero."""
     opened: list[Page] = []
     yield opened
     for page in opened:
         page.context.close()
+    wait_until(lambda: not site.rooms(), 10, "the pages' peers to leave")
 
 
 def join(browser: Browser, pages: list[Page], url: str,
