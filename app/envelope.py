@@ -7,8 +7,10 @@ An envelope is a msgpack array whose first two items are the format version and 
     [1, "r", node, to, frame]              relay `frame` (client JSON bytes) to peer `to`
     [1, "c", node, frame]                  chat `frame` to every peer of the room
 
-`frame` is binary: the exact bytes the receiving node writes to its clients. Anything that
-does not decode to one of these shapes raises `BadEnvelope`; the node logs and counts it.
+`frame` is binary: the exact bytes the receiving node writes to its clients, so it must
+be UTF-8 text of a JSON object (a browser closes the whole connection, 1007, on a text
+frame that is not UTF-8). Anything that does not decode to one of these shapes, or is
+larger than the bounds below, raises `BadEnvelope`; the node logs and counts it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from app.ids import ID_PATTERN
 
 VERSION: Final = 1
 MAX_FRAME: Final = 16 * 1024 * 1024
+MAX_STR: Final = 256  # ids are at most 64 characters; the kind is one
 
 
 class BadEnvelope(ValueError):
@@ -82,7 +85,11 @@ def chat(node: str, frame: bytes) -> bytes:
 def decode(payload: bytes) -> Envelope:
     """Decode and validate one envelope; raise `BadEnvelope` for anything else."""
     try:
-        items = msgpack.unpackb(payload, raw=False, use_list=True, max_bin_len=MAX_FRAME)
+        # The limits make msgpack refuse garbage before allocating for it (a 5-byte header
+        # can announce a 4 GiB array); no valid envelope has a map or an extension type.
+        items = msgpack.unpackb(payload, raw=False, use_list=True, max_bin_len=MAX_FRAME,
+                                max_str_len=MAX_STR, max_array_len=8, max_map_len=0,
+                                max_ext_len=0)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise BadEnvelope(f"not msgpack: {exc}") from None
     if not isinstance(items, list) or len(items) < 3 or items[0] != VERSION:
@@ -90,9 +97,9 @@ def decode(payload: bytes) -> Envelope:
     kind, node, rest = items[1], items[2], items[3:]
     _need_id(node)
     if kind == "r" and len(rest) == 2:
-        return Relay(node, _need_id(rest[0]), _need_bytes(rest[1]))
+        return Relay(node, _need_id(rest[0]), _need_frame(rest[1]))
     if kind == "c" and len(rest) == 1:
-        return Chat(node, _need_bytes(rest[0]))
+        return Chat(node, _need_frame(rest[0]))
     if kind == "j" and len(rest) == 3 and isinstance(rest[2], bool):
         return Join(node, _need_id(rest[0]), _need_id(rest[1]), rest[2])
     if kind == "l" and len(rest) == 2:
@@ -106,7 +113,13 @@ def _need_id(value: object) -> str:
     return value
 
 
-def _need_bytes(value: object) -> bytes:
+def _need_frame(value: object) -> bytes:
     if not isinstance(value, bytes):
         raise BadEnvelope("a frame field is not binary")
+    if not (value.startswith(b"{") and value.endswith(b"}")):
+        raise BadEnvelope("a frame is not a JSON object")
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        raise BadEnvelope("a frame is not UTF-8") from None
     return value

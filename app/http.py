@@ -1,17 +1,20 @@
-"""Plain HTTP endpoints (contract §4) and the JSON error body used for every refusal."""
+"""Plain HTTP endpoints (contract §4).
+
+They reveal nothing sensitive: no node ids, peers, rooms or configuration, only a status
+word, so they can stay open to load balancers and (for allowed origins) browsers.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from app import protocol
+from app.admission import Refusal
 from app.state import SERVICE
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
-    """The contract's refusal shape: `{"error": {"code", "message"}}`, never a bare close."""
-    return web.Response(status=status, body=protocol.error_body(code, message),
-                        content_type="application/json")
+    """The contract's refusal shape (see `Refusal`), for refusals outside the upgrade."""
+    return Refusal(status, code, message).response()
 
 
 async def health(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from collections import deque
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from app.limits import TokenBucket
+from app.limits import RateLimit
 
 log = structlog.get_logger(__name__)
 
@@ -23,16 +23,17 @@ CLOSE_TIMEOUT = 1.0  # a client that does not take our close frame is cut off af
 
 class Peer:
     __slots__ = (
-        "_bytes", "_closer", "_closing", "_limit", "_queue", "_transport", "_wake", "_writer",
-        "bucket", "conn", "id", "replaced", "room", "welcome", "ws",
+        "_bytes", "_closer", "_closing", "_limit", "_queue", "_timer", "_transport", "_wake",
+        "_writer", "conn", "id", "perms", "rate", "replaced", "room", "welcome", "ws",
     )
 
     def __init__(self, room: str, peer_id: str, conn: str, queue_limit: int,
-                 bucket: TokenBucket) -> None:
+                 rate: RateLimit) -> None:
         self.room = room
         self.id = peer_id
         self.conn = conn
-        self.bucket = bucket
+        self.rate = rate
+        self.perms: frozenset[str] | None = None  # None: no token auth, all allowed
         self.welcome: bytes = b""
         self.replaced = False  # closed because a newer connection took this peer id
         self.ws: web.WebSocketResponse | None = None
@@ -44,6 +45,7 @@ class Peer:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing: tuple[int, str] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def send(self, frame: bytes) -> None:
         """Queue one frame (already encoded JSON). Never blocks."""
@@ -79,12 +81,19 @@ class Peer:
         if self.ws is not None:
             self._closer = asyncio.create_task(self._close_ws(self.ws, code, reason))
 
+    def close_later(self, delay: float, code: int, reason: str) -> None:
+        """Close after `delay` seconds (token expiry) unless the connection ends first."""
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, delay), self.close, code, reason)
+
     @property
     def closing(self) -> bool:
         return self._closing is not None
 
     async def stop(self) -> None:
-        """Stop the writer; called once the connection is over."""
+        """Stop the writer and any pending timer; called once the connection is over."""
+        if self._timer is not None:
+            self._timer.cancel()
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from app import http, ws
+from app import headers, http, ws
+from app.admission import Gate
 from app.backend import Backend, create_backend
 from app.config import Settings
 from app.service import CLOSE_GOING_AWAY, SignalingService
-from app.state import SERVICE, SETTINGS
+from app.state import GATE, SERVICE, SETTINGS
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +30,8 @@ def create_app(
 ) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
+    app[GATE] = Gate(settings)
+    headers.install(app, settings.allowed_origins)
     app.router.add_get("/health", http.health)
     app.router.add_get("/ready", http.ready)
     app.router.add_get("/ws/{room}", ws.websocket)

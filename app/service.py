@@ -23,11 +23,12 @@ from typing import Any
 import structlog
 
 from app import envelope, protocol
+from app.auth import PERM_CHAT
 from app.backend import Backend, BackendUnavailable
 from app.config import Settings
 from app.envelope import BadEnvelope, Chat, Join, Leave, Relay
 from app.ids import is_valid_peer, new_conn_id
-from app.limits import TokenBucket
+from app.limits import RateLimit, Verdict
 from app.peer import Peer
 from app.protocol import ErrorCode, FrameError
 
@@ -35,6 +36,11 @@ log = structlog.get_logger(__name__)
 
 CLOSE_REPLACED = 4001
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+
+class NodeFull(Exception):
+    """This node already hosts MAX_ROOMS_PER_NODE rooms; another node may take the peer."""
 
 
 @dataclass(eq=False)
@@ -58,16 +64,19 @@ class SignalingService:
 
     # -- joining and leaving -------------------------------------------------------------
 
-    async def join(self, room: str, peer_id: str) -> Peer:
+    async def join(self, room: str, peer_id: str, perms: frozenset[str] | None = None) -> Peer:
         """Add a peer to the room (before the upgrade, so refusals are plain HTTP).
 
-        Raises `BackendUnavailable` or `RoomFull`; nothing is left behind then.
+        `perms` None means no token auth: everything is allowed. Raises
+        `BackendUnavailable`, `RoomFull` or `NodeFull`; nothing is left behind then.
         """
         local, peer = await self._add_local(room, peer_id)
+        peer.perms = perms
         try:
             fresh = envelope.join(self.node_id, peer_id, peer.conn, False)
             takeover = envelope.join(self.node_id, peer_id, peer.conn, True)
-            others = await self.backend.join(room, peer_id, peer.conn, fresh, takeover)
+            others = await self.backend.join(room, peer_id, peer.conn, fresh, takeover,
+                                             limit=self.settings.room_max_peers)
         except BaseException:
             await self._drop_local(local, peer)
             raise
@@ -97,7 +106,7 @@ class SignalingService:
     async def _add_local(self, room: str, peer_id: str) -> tuple[LocalRoom, Peer]:
         """Register a connection, subscribing first if it is the room's first here."""
         while True:
-            local = self.rooms.setdefault(room, LocalRoom(room))
+            local = self.rooms.get(room) or self._new_room(room)
             async with local.lock:
                 if self.rooms.get(room) is not local:
                     continue  # the last peer left and the room was dropped while we waited
@@ -123,14 +132,21 @@ class SignalingService:
                 await self.backend.unsubscribe(local.name)
             self._forget_if_empty(local)
 
+    def _new_room(self, room: str) -> LocalRoom:
+        limit = self.settings.max_rooms_per_node
+        if limit and len(self.rooms) >= limit:
+            raise NodeFull(f"this node already hosts {limit} rooms")
+        local = self.rooms[room] = LocalRoom(room)
+        return local
+
     def _forget_if_empty(self, local: LocalRoom) -> None:
         if not local.conns and self.rooms.get(local.name) is local:
             del self.rooms[local.name]
 
     def _new_peer(self, room: str, peer_id: str) -> Peer:
         s = self.settings
-        bucket = TokenBucket(s.rate_limit_per_s, s.rate_limit_burst)
-        return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, bucket)
+        rate = RateLimit(s.rate_limit_per_s, s.rate_limit_burst, s.rate_limit_strikes)
+        return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, rate)
 
     def close_all(self, code: int, reason: str) -> None:
         """Close every local connection (node shutdown); their handlers then leave."""
@@ -142,13 +158,13 @@ class SignalingService:
 
     async def handle_text(self, peer: Peer, text: str) -> None:
         """One text frame from `peer`: answer it, or hand it to the backend in order."""
+        if not self._within_rate(peer):
+            return None
         limit = self.settings.max_frame_bytes
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
             return self._refuse(peer, ErrorCode.TOO_LARGE, f"frame exceeds {limit} bytes")
-        if not peer.bucket.take():
-            return self._refuse(peer, ErrorCode.RATE_LIMITED, "too many frames, slow down")
         try:
-            msg = protocol.parse_frame(text)
+            msg = protocol.parse_frame(text, self.settings.max_json_depth)
         except FrameError as exc:
             return self._refuse(peer, exc.code, exc.message)
         self.stats[f"frames.{msg.type if msg.type in _KNOWN else 'other'}"] += 1
@@ -156,6 +172,8 @@ class SignalingService:
             assert msg.to is not None
             await self._relay(peer, msg.type, msg.to, msg)
         elif msg.type == "chat":
+            if peer.perms is not None and PERM_CHAT not in peer.perms:
+                return self._refuse(peer, ErrorCode.FORBIDDEN, "your token does not allow chat")
             frame = protocol.chat_frame(peer.room, peer.id, msg.data)
             await self._submit(peer, self.backend.publish(peer.room, envelope.chat(
                 self.node_id, frame)))
@@ -165,7 +183,22 @@ class SignalingService:
             self._refuse(peer, ErrorCode.UNKNOWN_TYPE, f"unknown type {msg.type[:64]!r}")
 
     def handle_binary(self, peer: Peer) -> None:
-        self._refuse(peer, ErrorCode.BAD_MESSAGE, "binary frames are not accepted; send JSON text")
+        if self._within_rate(peer):
+            self._refuse(peer, ErrorCode.BAD_MESSAGE,
+                         "binary frames are not accepted; send JSON text")
+
+    def _within_rate(self, peer: Peer) -> bool:
+        """Every frame counts, bad ones too; past RATE_LIMIT_STRIKES the peer is closed."""
+        verdict = peer.rate.check()
+        if verdict is Verdict.PASS:
+            return True
+        if verdict is Verdict.CLOSE:
+            self.stats["closed.rate-limit"] += 1
+            log.info("closing flooding peer", room=peer.room, peer=peer.id)
+            peer.close(CLOSE_POLICY, "rate limit exceeded")
+        else:
+            self._refuse(peer, ErrorCode.RATE_LIMITED, "too many frames, slow down")
+        return False
 
     async def _relay(self, peer: Peer, kind: str, to: str, msg: protocol.Inbound) -> None:
         if not is_valid_peer(to):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from app.admission import Gate
 from app.config import Settings
 from app.service import SignalingService
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", SignalingService)
+GATE = web.AppKey("gate", Gate)
