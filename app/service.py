@@ -193,9 +193,10 @@ class SignalingService:
         if verdict is Verdict.PASS:
             return True
         if verdict is Verdict.CLOSE:
-            self.stats["closed.rate-limit"] += 1
-            log.info("closing flooding peer", room=peer.room, peer=peer.id)
-            peer.close(CLOSE_POLICY, "rate limit exceeded")
+            if not peer.closing:
+                self.stats["closed.rate-limit"] += 1
+                log.info("closing flooding peer", room=peer.room, peer=peer.id)
+                peer.close(CLOSE_POLICY, "rate limit exceeded")
         else:
             self._refuse(peer, ErrorCode.RATE_LIMITED, "too many frames, slow down")
         return False

@@ -14,7 +14,7 @@ import pytest
 
 from app.client import Closed, Refused, SignalingClient
 from tests.support.cluster import Cluster, publish_raw, unique
-from tests.support.peers import barrier, summary
+from tests.support.peers import barrier, close_all, summary
 
 
 async def join(c: Cluster, node: int, room: str, peer: str | None = None) -> SignalingClient:
@@ -27,11 +27,6 @@ async def pair(c: Cluster, room: str) -> tuple[SignalingClient, SignalingClient]
     b = await join(c, 1, room, "bob")
     await barrier([a, b])
     return a, b
-
-
-async def close_all(*clients: SignalingClient) -> None:
-    for client in clients:
-        await client.close()
 
 
 async def test_welcome_lists_peers_already_there_and_others_hear_new_peer(
