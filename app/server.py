@@ -34,8 +34,10 @@ def create_app(
     headers.install(app, settings.allowed_origins)
     app.router.add_get("/health", http.health)
     app.router.add_get("/ready", http.ready)
-    app.router.add_get("/ws/{room}", ws.websocket)
-    app.router.add_get("/ws/{room}/{peer}", ws.websocket)
+    # [^/]+ rather than aiohttp's default [^{}/]+: a brace in an id is then a bad id (400
+    # bad-room/bad-peer), like any other character outside the id pattern.
+    app.router.add_get("/ws/{room:[^/]+}", ws.websocket)
+    app.router.add_get("/ws/{room:[^/]+}/{peer:[^/]+}", ws.websocket)
     app.router.add_route("*", "/ws/{tail:.*}", http.not_found_ws)
     app.router.add_route("*", "/ws", http.not_found_ws)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -84,50 +85,44 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(
     await close_all(a, b, c)
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
-async def test_room_capacity_holds_across_nodes(
-    kind: str, request: pytest.FixtureRequest, start_server: ServerFactory,
-    http: aiohttp.ClientSession,
-) -> None:
-    redis_url = request.getfixturevalue("redis_server").url if kind == "redis" else None
-    c = await in_process(kind, 2, start_server, redis_url, room_max_peers=2)
+@pytest.fixture(params=["memory", "redis"])
+async def capped(request: pytest.FixtureRequest, start_server: ServerFactory
+                 ) -> AsyncIterator[Cluster]:
+    """Two nodes whose rooms hold at most three peers, on the memory hub or a real Redis."""
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
+    c = await in_process(request.param, 2, start_server, url, room_max_peers=3)
+    yield c
+    if c.redis is not None:
+        await c.redis.aclose()
+
+
+async def test_room_capacity_holds_across_nodes(capped: Cluster, http: aiohttp.ClientSession
+                                                ) -> None:
     room = unique("full")
-    try:
-        a = await connect(c.urls[0], room, "a")
-        b = await connect(c.urls[1], room, "b")
-        for url in c.urls:
-            status, body = await refusal(http, f"{url}/ws/{room}/c")
-            assert (status, body["error"]["code"]) == (409, "room-full")
-        b2 = await connect(c.urls[0], room, "b")  # a peer id reconnecting is let in
-        assert (await until_closed(b))[1] == 4001
-        await a.close()
-        late = await eventually(lambda: connect(c.urls[1], room, "c"))
-        assert sorted(late.peers) == ["b"]
-        await close_all(b, b2, late)
-    finally:
-        if c.redis is not None:
-            await c.redis.aclose()
+    a = await connect(capped.urls[0], room, "a")
+    b = await connect(capped.urls[1], room, "b")
+    c = await connect(capped.urls[1], room, "c")
+    for url in capped.urls:
+        status, body = await refusal(http, f"{url}/ws/{room}/d")
+        assert (status, body["error"]["code"]) == (409, "room-full")
+    b2 = await connect(capped.urls[0], room, "b")  # a peer id reconnecting is let in
+    assert (await until_closed(b))[1] == 4001
+    await a.close()
+    d = await eventually(lambda: connect(capped.urls[1], room, "d"))
+    assert sorted(d.peers) == ["b", "c"]
+    await close_all(b, b2, c, d)
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
-async def test_concurrent_joins_never_overfill_a_room(
-    kind: str, request: pytest.FixtureRequest, start_server: ServerFactory
-) -> None:
-    redis_url = request.getfixturevalue("redis_server").url if kind == "redis" else None
-    c = await in_process(kind, 2, start_server, redis_url, room_max_peers=4)
+async def test_concurrent_joins_never_overfill_a_room(capped: Cluster) -> None:
     room = unique("race")
-    try:
-        results = await asyncio.gather(
-            *(connect(c.urls[i % 2], room, f"p{i}") for i in range(12)), return_exceptions=True)
-        joined = [r for r in results if isinstance(r, SignalingClient)]
-        refused = [r for r in results if isinstance(r, Refused)]
-        assert len(joined) == 4 and len(refused) == 8
-        assert {r.status for r in refused} == {409}
-        assert len((await c.room_state(room))["peers"]) == 4
-        await close_all(*joined)
-    finally:
-        if c.redis is not None:
-            await c.redis.aclose()
+    results = await asyncio.gather(
+        *(connect(capped.urls[i % 2], room, f"p{i}") for i in range(12)), return_exceptions=True)
+    joined = [r for r in results if isinstance(r, SignalingClient)]
+    refused = [r for r in results if isinstance(r, Refused)]
+    assert len(joined) == 3 and len(refused) == 9
+    assert {r.status for r in refused} == {409}
+    assert len((await capped.room_state(room))["peers"]) == 3
+    await close_all(*joined)
 
 
 async def test_rooms_per_node_cap_answers_503_node_full(
