@@ -98,7 +98,7 @@ class Verifier:
         except jwt.InvalidTokenError as exc:
             raise AuthError("bad-token", f"invalid token: {exc}") from None
         sub, perms = claims["sub"], claims.get("perms", [])
-        if not is_valid_peer(sub):
+        if not isinstance(sub, str) or not is_valid_peer(sub):
             raise AuthError("bad-token", "the token's sub is not a valid peer id")
         if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
             raise AuthError("bad-token", "the token's perms must be a list of strings")
