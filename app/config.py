@@ -11,9 +11,12 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+from dotenv import load_dotenv
 
 from app.auth import MIN_SECRET_BYTES, load_public_key
 from app.clientip import parse_networks
@@ -47,14 +50,15 @@ class Settings:
     auth_secret: str = field(default="", repr=False)
     auth_public_key: str = ""
     send_queue_bytes: int = 1048576
-    node_ttl_seconds: float = 6.0
+    node_ttl_seconds: float = 4.0
     ws_heartbeat_seconds: float = 20.0
+    drain_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read settings from `env` (default: `os.environ`), rejecting bad values."""
         e = os.environ if env is None else env
-        r = _Reader(e)
+        r = EnvReader(e)
         settings = cls(
             host=r.text("HOST", "0.0.0.0"),
             port=r.integer("PORT", 3001, lo=0, hi=65535),
@@ -77,8 +81,9 @@ class Settings:
             auth_secret=r.text("AUTH_SECRET", ""),
             auth_public_key=r.public_key("AUTH_PUBLIC_KEY", "AUTH_PUBLIC_KEY_FILE"),
             send_queue_bytes=r.integer("SEND_QUEUE_BYTES", 1048576, lo=1024),
-            node_ttl_seconds=r.number("NODE_TTL_SECONDS", 6.0, lo=1.0),
+            node_ttl_seconds=r.number("NODE_TTL_SECONDS", 4.0, lo=1.0),
             ws_heartbeat_seconds=r.number("WS_HEARTBEAT_SECONDS", 20.0, lo=0.0),
+            drain_seconds=r.number("DRAIN_SECONDS", 5.0, lo=0.0),
         )
         settings.check()
         return settings
@@ -111,13 +116,29 @@ class Settings:
                 raise ConfigError(f"AUTH_PUBLIC_KEY: {exc}") from None
 
 
+_S = TypeVar("_S")
+
+
+def settings_or_exit(read: Callable[[Mapping[str, str]], _S]) -> _S:
+    """For commands: load `.env` (or ENV_FILE), read settings, exit 2 naming a bad value.
+
+    Real environment variables win over the file.
+    """
+    load_dotenv(os.environ.get("ENV_FILE", ".env"), override=False)
+    try:
+        return read(os.environ)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def default_node_id() -> str:
     """Host name plus a random suffix: unique per process, readable in `redis-cli`."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40].strip("-._") or "node"
     return f"{host}-{secrets.token_hex(4)}"
 
 
-class _Reader:
+class EnvReader:
     """Typed access to environment variables with the variable named in every error."""
 
     def __init__(self, env: Mapping[str, str]) -> None:

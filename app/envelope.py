@@ -6,6 +6,7 @@ An envelope is a msgpack array whose first two items are the format version and 
     [1, "l", node, peer, conn]             peer left
     [1, "r", node, to, frame]              relay `frame` (client JSON bytes) to peer `to`
     [1, "c", node, frame]                  chat `frame` to every peer of the room
+    [1, "s", node, [peer, ...]]            the room's members at this point of the channel
 
 `frame` is binary: the exact bytes the receiving node writes to its clients, so it must
 be UTF-8 text of a JSON object (a browser closes the whole connection, 1007, on a text
@@ -59,7 +60,13 @@ class Chat:
     frame: bytes
 
 
-Envelope = Join | Leave | Relay | Chat
+@dataclass(frozen=True, slots=True)
+class Sync:
+    node: str
+    members: tuple[str, ...]
+
+
+Envelope = Join | Leave | Relay | Chat | Sync
 
 
 def _pack(*items: Any) -> bytes:
@@ -80,6 +87,15 @@ def relay(node: str, to: str, frame: bytes) -> bytes:
 
 def chat(node: str, frame: bytes) -> bytes:
     return _pack("c", node, frame)
+
+
+def sync(node: str, members: list[str]) -> bytes:
+    return _pack("s", node, members)
+
+
+def sync_prefix(node: str) -> bytes:
+    """The head of a sync envelope; a Lua script appends the member array it reads."""
+    return b"\x94" + b"".join(msgpack.packb(x) for x in (VERSION, "s", node))
 
 
 def decode(payload: bytes) -> Envelope:
@@ -104,6 +120,8 @@ def decode(payload: bytes) -> Envelope:
         return Join(node, _need_id(rest[0]), _need_id(rest[1]), rest[2])
     if kind == "l" and len(rest) == 2:
         return Leave(node, _need_id(rest[0]), _need_id(rest[1]))
+    if kind == "s" and len(rest) == 1 and isinstance(rest[0], list):
+        return Sync(node, tuple(_need_id(m) for m in rest[0]))
     raise BadEnvelope(f"unknown kind or arity: {kind!r}/{len(rest)}")
 
 

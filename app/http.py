@@ -1,7 +1,8 @@
 """Plain HTTP endpoints (contract §4).
 
-They reveal nothing sensitive: no node ids, peers, rooms or configuration, only a status
-word, so they can stay open to load balancers and (for allowed origins) browsers.
+They reveal nothing sensitive: a status word, and the answering node's id in `X-Node-Id`
+(the id every client sees in `welcome` anyway); no other nodes, rooms, peers, versions or
+configuration. So they can stay open to load balancers and, for allowed origins, browsers.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from app.admission import Refusal
-from app.state import SERVICE
+from app.state import SERVICE, SETTINGS
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -25,10 +26,17 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Readiness: the backend is reachable and the node is not draining."""
     service = request.app[SERVICE]
-    if service.backend.ready:
+    if service.ready:
         return web.json_response({"status": "ready"})
-    return web.json_response({"status": "unavailable"}, status=503)
+    status = "draining" if service.draining else "unavailable"
+    return web.json_response({"status": status}, status=503)
 
 
 async def not_found_ws(request: web.Request) -> web.Response:
     return json_error(400, "bad-path", "use /ws/{room} or /ws/{room}/{peer}")
+
+
+async def add_node_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the answering node on every response, the WebSocket upgrade included, so a
+    client (or nginx's access log) sees which node it reached without a welcome frame."""
+    response.headers["X-Node-Id"] = request.app[SETTINGS].node_id

@@ -1,35 +1,63 @@
-"""`python -m app` / `signaling-node`: one node configured from the environment."""
+"""`python -m app` / `signaling-node`: one node configured from the environment.
+
+Phases, as in uvicorn: start (backend, then listener), serve until a signal, drain, stop.
+SIGTERM drains for DRAIN_SECONDS (readiness and new upgrades answer 503 at once, so load
+balancers move traffic away); SIGINT drains without waiting; a second signal of either
+kind ends the wait at once.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
+import asyncio
+import signal
 
+import structlog
 from aiohttp import web
-from dotenv import load_dotenv
 
-from app.config import ConfigError, Settings
+from app.config import Settings, settings_or_exit
 from app.logs import configure_logging
 from app.server import create_app
+from app.state import SERVICE
+
+log = structlog.get_logger(__name__)
+
+
+async def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        log.info("listening", url=f"http://{settings.host}:{settings.port}")
+        stop, now = asyncio.Event(), asyncio.Event()
+        wait = {"s": settings.drain_seconds}
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stop.is_set():
+                now.set()
+                return
+            if sig is signal.SIGINT:
+                wait["s"] = 0.0
+            log.info("signal received, draining", signal=sig.name)
+            stop.set()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await stop.wait()
+        await app[SERVICE].drain(wait["s"], now)
+    finally:
+        await runner.cleanup()
 
 
 def main() -> None:
-    # .env in the working directory (or ENV_FILE); real environment variables win over it.
-    load_dotenv(os.environ.get("ENV_FILE", ".env"), override=False)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit(Settings.from_env)
     configure_logging(settings.log_level, settings.log_format, settings.node_id)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=10,
-    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:  # port in use, Redis unreachable at start...
+        log.error("node could not start", error=str(exc))
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -15,16 +15,18 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from app.limits import RateLimit
+from app.notices import Notices
 
 log = structlog.get_logger(__name__)
 
-CLOSE_TIMEOUT = 1.0  # a client that does not take our close frame is cut off after this
+CLOSE_TIMEOUT = 0.5  # a client that does not take our close frame is cut off after this
 
 
 class Peer:
     __slots__ = (
-        "_bytes", "_closer", "_closing", "_limit", "_queue", "_timer", "_transport", "_wake",
-        "_writer", "conn", "id", "perms", "rate", "replaced", "room", "welcome", "ws",
+        "_backlog", "_bytes", "_closer", "_closing", "_limit", "_queue", "_timer", "_transport",
+        "_wake", "_writer", "conn", "id", "known", "perms", "rate", "replaced", "room",
+        "welcome", "ws",
     )
 
     def __init__(self, room: str, peer_id: str, conn: str, queue_limit: int,
@@ -36,6 +38,10 @@ class Peer:
         self.perms: frozenset[str] | None = None  # None: no token auth, all allowed
         self.welcome: bytes = b""
         self.replaced = False  # closed because a newer connection took this peer id
+        # Peers this client has been told are present (welcome, then new-peer/peer-left).
+        # None until the join's snapshot is known; announcements wait in the backlog.
+        self.known: set[str] | None = None
+        self._backlog: list[tuple[str, bool, Notices]] = []
         self.ws: web.WebSocketResponse | None = None
         self._transport: asyncio.Transport | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -60,6 +66,50 @@ class Peer:
             return
         self._wake.set()
 
+    def hear_join(self, peer: str, takeover: bool, notices: Notices) -> None:
+        """Announce `peer` unless this client already knows it (then only a takeover shows)."""
+        if peer == self.id:
+            return
+        if self.known is None:
+            self._backlog.append((peer, takeover, notices))
+        elif peer not in self.known:
+            self.known.add(peer)
+            self.send(notices.joined)
+        elif takeover:
+            self.send(notices.left)
+            self.send(notices.joined)
+
+    def hear_leave(self, peer: str, notices: Notices) -> None:
+        """Announce that `peer` left, if this client believes it present (so, once)."""
+        if peer == self.id:
+            return
+        if self.known is None:
+            self._backlog.append((peer, False, notices))
+        elif peer in self.known:
+            self.known.discard(peer)
+            self.send(notices.left)
+
+    def resync(self, members: tuple[str, ...], room: str) -> None:
+        """Align with the room's true membership: announce what this client missed."""
+        if self.known is None:
+            return
+        present = set(members)
+        present.discard(self.id)
+        for peer in sorted(self.known - present):
+            self.hear_leave(peer, Notices(room, peer, left_event=True))
+        for peer in sorted(present - self.known):
+            self.hear_join(peer, False, Notices(room, peer, left_event=False))
+
+    def learn_snapshot(self, peers: list[str]) -> None:
+        """The membership at this peer's own join; replay what was announced meanwhile."""
+        self.known = set(peers)
+        backlog, self._backlog = self._backlog, []
+        for peer, takeover, notices in backlog:
+            if notices.left_event:
+                self.hear_leave(peer, notices)
+            else:
+                self.hear_join(peer, takeover, notices)
+
     def attach(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
         """Start writing to `ws`: the welcome first, then whatever arrived since the join."""
         self.ws = ws
@@ -76,8 +126,7 @@ class Peer:
         self._closing = (code, reason)
         self._queue.clear()
         self._bytes = 0
-        if self._writer is not None:
-            self._writer.cancel()  # it may be stuck writing to a client that does not read
+        self._wake.set()  # the writer stops; it is not cancelled (see `_close_ws`)
         if self.ws is not None:
             self._closer = asyncio.create_task(self._close_ws(self.ws, code, reason))
 
@@ -91,20 +140,22 @@ class Peer:
         return self._closing is not None
 
     async def stop(self) -> None:
-        """Stop the writer and any pending timer; called once the connection is over."""
+        """Stop the writer, any close in progress and any pending timer; called once the
+        connection is over."""
         if self._timer is not None:
             self._timer.cancel()
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        for task in (self._closer, self._writer):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _write(self, ws: web.WebSocketResponse) -> None:
         try:
-            while True:
+            while self._closing is None:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._queue:
+                while self._queue and self._closing is None:
                     frame = self._queue.popleft()
                     self._bytes -= len(frame)
                     await ws.send_frame(frame, WSMsgType.TEXT)
@@ -112,9 +163,23 @@ class Peer:
             pass  # the client went away; the handler's receive loop ends and cleans up
 
     async def _close_ws(self, ws: web.WebSocketResponse, code: int, reason: str) -> None:
+        """Send the close frame; cut the TCP connection if the client does not take it.
+
+        aiohttp's writers share one drain future per connection, so cancelling a writer
+        that waits on a client which does not read would cancel this close too: the
+        writer is only told to stop, and a stalled close ends by aborting the transport.
+        """
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                await ws.close(code=code, message=reason.encode())
+                await ws.close(code=code, message=reason.encode(), drain=False)
         except (TimeoutError, ConnectionError, RuntimeError):
-            if self._transport is not None:
-                self._transport.abort()  # the client does not read: cut the TCP connection
+            self._abort()
+        except asyncio.CancelledError:
+            self._abort()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task itself is being cancelled, not just a shared future
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()

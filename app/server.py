@@ -40,15 +40,17 @@ def create_app(
     app.router.add_get("/ws/{room:[^/]+}/{peer:[^/]+}", ws.websocket)
     app.router.add_route("*", "/ws/{tail:.*}", http.not_found_ws)
     app.router.add_route("*", "/ws", http.not_found_ws)
+    app.on_response_prepare.append(http.add_node_header)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = backend_factory(settings)
         service = SignalingService(backend, settings)
-        await backend.start(service.on_envelope)
+        await backend.start(service)
         app[SERVICE] = service
         log.info("node started", node=settings.node_id,
                  backend="redis" if settings.redis_url else "memory")
         yield
+        service.repair.close()
         await backend.stop()
         log.info("node stopped", node=settings.node_id)
 

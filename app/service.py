@@ -1,14 +1,14 @@
 """The signaling service: rooms, peers and the rules of contract §1 and §3.
 
 It knows nothing of Redis or of HTTP. Joins, leaves, relays and chats go to the backend,
-and come back, in channel order, through `on_envelope`, which is the single place where
-frames are handed to local peers. What a peer is told depends only on its position in
-that order:
+and come back, in channel order, through `on_envelope`. What a client is told depends
+only on its position in that order (see `rooms.LocalRoom.joined`), and each client keeps
+the set of peers it was told about, so no announcement reaches it twice even when an
+outage makes the cluster repeat one.
 
-- a joiner becomes *active* when its own join envelope comes back; its `welcome` lists
-  the members at that very point (returned by the atomic join), and it is told every
-  later join and leave, so nothing is missed or announced twice;
-- a join for a peer id that a local connection holds closes that connection (4001).
+While the backend is down the node keeps serving what it can alone: frames between its
+own peers are delivered directly, the rest are answered `unavailable`, and leaves are
+remembered so they can be announced once the backend is back (`repair.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -26,32 +25,23 @@ from app import envelope, protocol
 from app.auth import PERM_CHAT
 from app.backend import Backend, BackendUnavailable
 from app.config import Settings
-from app.envelope import BadEnvelope, Chat, Join, Leave, Relay
+from app.envelope import BadEnvelope, Chat, Join, Leave, Relay, Sync
 from app.ids import is_valid_peer, new_conn_id
 from app.limits import RateLimit, Verdict
 from app.peer import Peer
 from app.protocol import ErrorCode, FrameError
+from app.repair import Repair
+from app.rooms import LocalRoom
 
 log = structlog.get_logger(__name__)
 
-CLOSE_REPLACED = 4001
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+_KNOWN_TYPES = frozenset({"offer", "answer", "ice", "chat", "ping"})
 
 
 class NodeFull(Exception):
     """This node already hosts MAX_ROOMS_PER_NODE rooms; another node may take the peer."""
-
-
-@dataclass(eq=False)
-class LocalRoom:
-    """This node's share of one room: its connections and the channel subscription."""
-
-    name: str
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    conns: dict[str, Peer] = field(default_factory=dict)  # every local connection, by conn id
-    active: dict[str, Peer] = field(default_factory=dict)  # receiving frames, by peer id
-    subscribed: bool = False
 
 
 class SignalingService:
@@ -61,6 +51,14 @@ class SignalingService:
         self.node_id = backend.node_id
         self.rooms: dict[str, LocalRoom] = {}
         self.stats: Counter[str] = Counter()
+        self.draining = False
+        self.repair = Repair(self)
+        self._no_rooms = asyncio.Event()
+        self._no_rooms.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.backend.ready and not self.draining
 
     # -- joining and leaving -------------------------------------------------------------
 
@@ -78,8 +76,11 @@ class SignalingService:
             others = await self.backend.join(room, peer_id, peer.conn, fresh, takeover,
                                              limit=self.settings.room_max_peers)
         except BaseException:
+            if local.active.get(peer_id) is peer:  # its join envelope came back: undo that
+                del local.active[peer_id]
             await self._drop_local(local, peer)
             raise
+        peer.learn_snapshot(others)
         peer.welcome = protocol.welcome_frame(room, peer_id, others, self.node_id)
         log.debug("peer joined", room=room, peer=peer_id, conn=peer.conn)
         return peer
@@ -94,14 +95,21 @@ class SignalingService:
         await peer.stop()
         try:
             if not peer.replaced:
-                left = envelope.leave(self.node_id, peer.id, peer.conn)
-                await self.backend.leave(peer.room, peer.id, peer.conn, left)
-        except BackendUnavailable as exc:
-            log.warning("could not remove membership", room=peer.room, peer=peer.id,
-                        error=str(exc))
+                await self._announce_leave(local, peer)
         finally:
             await self._drop_local(local, peer)
         log.debug("peer left", room=peer.room, peer=peer.id, conn=peer.conn)
+
+    async def _announce_leave(self, local: LocalRoom, peer: Peer) -> None:
+        left = envelope.leave(self.node_id, peer.id, peer.conn)
+        try:
+            if not self.backend.ready:
+                raise BackendUnavailable("backend down")
+            await self.backend.leave(peer.room, peer.id, peer.conn, left)
+        except BackendUnavailable:
+            # Tell this node's peers now; the cluster hears it once the backend is back.
+            local.left(peer.id)
+            self.repair.leave_later(peer.room, peer.id, peer.conn)
 
     async def _add_local(self, room: str, peer_id: str) -> tuple[LocalRoom, Peer]:
         """Register a connection, subscribing first if it is the room's first here."""
@@ -137,22 +145,40 @@ class SignalingService:
         if limit and len(self.rooms) >= limit:
             raise NodeFull(f"this node already hosts {limit} rooms")
         local = self.rooms[room] = LocalRoom(room)
+        self._no_rooms.clear()
         return local
 
     def _forget_if_empty(self, local: LocalRoom) -> None:
         if not local.conns and self.rooms.get(local.name) is local:
             del self.rooms[local.name]
+            if not self.rooms:
+                self._no_rooms.set()
 
     def _new_peer(self, room: str, peer_id: str) -> Peer:
         s = self.settings
         rate = RateLimit(s.rate_limit_per_s, s.rate_limit_burst, s.rate_limit_strikes)
         return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, rate)
 
+    def peers(self) -> list[Peer]:
+        return [peer for local in self.rooms.values() for peer in local.conns.values()]
+
     def close_all(self, code: int, reason: str) -> None:
-        """Close every local connection (node shutdown); their handlers then leave."""
-        for local in self.rooms.values():
-            for peer in local.conns.values():
-                peer.close(code, reason)
+        """Close every local connection; their handlers then leave as usual."""
+        for peer in self.peers():
+            peer.close(code, reason)
+
+    async def drain(self, seconds: float, now: asyncio.Event) -> None:
+        """Refuse new peers at once; after `seconds` (or when `now` is set) close the rest.
+
+        Clients closed with 1001 reconnect through the load balancer to another node.
+        """
+        self.draining = True
+        log.info("draining", seconds=seconds, peers=len(self.peers()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(now.wait(), seconds)
+        self.close_all(CLOSE_GOING_AWAY, "node shutting down")
+        with contextlib.suppress(TimeoutError):  # each handler leaves by itself
+            await asyncio.wait_for(self._no_rooms.wait(), 4)
 
     # -- frames from clients ---------------------------------------------------------------
 
@@ -167,16 +193,14 @@ class SignalingService:
             msg = protocol.parse_frame(text, self.settings.max_json_depth)
         except FrameError as exc:
             return self._refuse(peer, exc.code, exc.message)
-        self.stats[f"frames.{msg.type if msg.type in _KNOWN else 'other'}"] += 1
+        self.stats[f"frames.{msg.type if msg.type in _KNOWN_TYPES else 'other'}"] += 1
         if msg.type in protocol.RELAY_TYPES:
             assert msg.to is not None
-            await self._relay(peer, msg.type, msg.to, msg)
+            await self._relay(peer, msg.type, msg.to, msg.data)
         elif msg.type == "chat":
             if peer.perms is not None and PERM_CHAT not in peer.perms:
                 return self._refuse(peer, ErrorCode.FORBIDDEN, "your token does not allow chat")
-            frame = protocol.chat_frame(peer.room, peer.id, msg.data)
-            await self._submit(peer, self.backend.publish(peer.room, envelope.chat(
-                self.node_id, frame)))
+            await self._chat(peer, protocol.chat_frame(peer.room, peer.id, msg.data))
         elif msg.type == "ping":
             peer.send(protocol.PONG)
         else:
@@ -201,12 +225,29 @@ class SignalingService:
             self._refuse(peer, ErrorCode.RATE_LIMITED, "too many frames, slow down")
         return False
 
-    async def _relay(self, peer: Peer, kind: str, to: str, msg: protocol.Inbound) -> None:
+    async def _relay(self, peer: Peer, kind: str, to: str, data: Any) -> None:
         if not is_valid_peer(to):
             return self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to[:64]!r} in room")
-        frame = protocol.relay_frame(kind, peer.room, peer.id, to, msg.data)
-        await self._submit(peer, self.backend.relay(peer.room, to, envelope.relay(
-            self.node_id, to, frame)), to)
+        frame = protocol.relay_frame(kind, peer.room, peer.id, to, data)
+        if not self.backend.ready:  # alone: only this node's peers can be reached
+            local = self.rooms.get(peer.room)
+            if local is None or not local.relay(to, frame):
+                self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable")
+            return
+        env = envelope.relay(self.node_id, to, frame)
+        await self._submit(peer, self.backend.relay(peer.room, to, env), to)
+
+    async def _chat(self, peer: Peer, frame: bytes) -> None:
+        if not self.backend.ready:
+            local = self.rooms.get(peer.room)
+            if local is not None:
+                local.chat(frame)
+                if not local.remote_peers(peer):
+                    return
+            return self._refuse(peer, ErrorCode.UNAVAILABLE,
+                                "signaling backend unavailable: peers on other nodes missed it")
+        await self._submit(peer, self.backend.publish(peer.room, envelope.chat(
+            self.node_id, frame)))
 
     async def _submit(
         self, peer: Peer, call: Awaitable[asyncio.Future[Any]], to: str | None = None
@@ -221,8 +262,7 @@ class SignalingService:
     def _report(self, peer: Peer, future: asyncio.Future[Any], to: str | None) -> None:
         if future.cancelled():
             return
-        exc = future.exception()
-        if exc is not None:
+        if future.exception() is not None:
             self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable")
         elif to is not None and not future.result():
             self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to!r} in room")
@@ -231,7 +271,7 @@ class SignalingService:
         self.stats[f"errors.{code}"] += 1
         peer.send(protocol.error_frame(code, message))
 
-    # -- envelopes from the backend, in channel order -------------------------------------
+    # -- what the backend reports (BackendEvents) ------------------------------------------
 
     def on_envelope(self, room: str, payload: bytes) -> None:
         local = self.rooms.get(room)
@@ -245,40 +285,20 @@ class SignalingService:
                         size=len(payload))
             return
         if isinstance(env, Relay):
-            target = local.active.get(env.to)
-            if target is not None:
-                target.send(env.frame)
+            local.relay(env.to, env.frame)
         elif isinstance(env, Chat):
-            for target in local.active.values():
-                target.send(env.frame)
+            local.chat(env.frame)
         elif isinstance(env, Join):
-            self._on_join(local, env)
+            local.joined(self.node_id, env)
         elif isinstance(env, Leave):
-            self._on_leave(local, env)
+            local.left(env.peer)
+        elif isinstance(env, Sync) and env.node == self.node_id:
+            for target in local.active.values():
+                target.resync(env.members, room)
 
-    def _on_join(self, local: LocalRoom, env: Join) -> None:
-        old = local.active.get(env.peer)
-        if old is not None and old.conn != env.conn:
-            del local.active[env.peer]
-            old.replaced = True
-            old.close(CLOSE_REPLACED, "replaced by a newer connection")
-        frames = [protocol.notice_frame("new-peer", local.name, env.peer)]
-        if env.takeover:
-            frames.insert(0, protocol.notice_frame("peer-left", local.name, env.peer))
-        for target in local.active.values():
-            for frame in frames:
-                target.send(frame)
-        joiner = local.conns.get(env.conn) if env.node == self.node_id else None
-        if joiner is not None and not joiner.closing:
-            local.active[env.peer] = joiner
+    def on_lost(self) -> None:
+        self.stats["backend.lost"] += 1
+        log.warning("backend lost: serving local peers only", rooms=len(self.rooms))
 
-    def _on_leave(self, local: LocalRoom, env: Leave) -> None:
-        gone = local.active.get(env.peer)
-        if gone is not None and gone.conn == env.conn:
-            del local.active[env.peer]
-        frame = protocol.notice_frame("peer-left", local.name, env.peer)
-        for target in local.active.values():
-            target.send(frame)
-
-
-_KNOWN = frozenset({"offer", "answer", "ice", "chat", "ping"})
+    async def on_recovered(self) -> None:
+        await self.repair.run()

@@ -1,9 +1,10 @@
 """The WebSocket endpoint: checks before the upgrade, then one receive loop per client.
 
-Everything that can refuse a client (bad ids, origin, token, too many connections, full
-room or node, backend down) happens before the upgrade, so the client sees an HTTP status
-with a JSON body instead of a silent close (`app/admission.py` holds the request checks).
-After the upgrade this module only turns WebSocket messages into calls on the service.
+Everything that can refuse a client (bad ids, origin, token, draining node, backend down,
+too many connections, full room or node) happens before the upgrade, so the client sees
+an HTTP status with a JSON body instead of a silent close (`app/admission.py` holds the
+request checks). After the upgrade this module only turns WebSocket messages into calls
+on the service.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CLOSE_TOKEN_EXPIRED = 4003
 async def websocket(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     gate = request.app[GATE]
+    service = request.app[SERVICE]
     ws = web.WebSocketResponse(
         max_msg_size=settings.hard_frame_bytes,
         heartbeat=settings.ws_heartbeat_seconds or None,
@@ -36,8 +38,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         ticket = gate.admit(request)
         if not ws.can_prepare(request).ok:
             raise Refusal(400, "not-websocket", "this path needs a WebSocket upgrade")
+        if service.draining:
+            raise Refusal(503, "draining", "this node is shutting down; connect again")
+        if not service.backend.ready:
+            raise Refusal(503, "unavailable", "signaling backend unavailable, retry shortly")
         with gate.connection(ticket.client):
-            peer = await join(request.app[SERVICE], ticket)
+            peer = await join(service, ticket)
             await serve(request, ws, peer, ticket)
     except Refusal as refusal:
         return gate.refused(refusal, request)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from app.config import Settings
+from app.config import ConfigError, Settings
+from workers.reaper import ReaperSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +35,11 @@ class Recording(Mapping[str, str]):
 
 
 def read_variables() -> set[str]:
+    """Every variable the node and the workers read."""
     env = Recording()
     Settings.from_env(env)
+    with contextlib.suppress(ConfigError):  # the reaper insists on REDIS_URL
+        ReaperSettings.from_env(env)
     return env.asked
 
 

@@ -162,14 +162,18 @@ async def test_cors_headers_only_for_allowed_origins(url: str, http: aiohttp.Cli
         assert r.status != 204 and "Access-Control-Allow-Origin" not in r.headers
 
 
-async def test_health_and_ready_reveal_nothing(make_node: NodeFactory,
-                                               http: aiohttp.ClientSession) -> None:
-    url = await make_node(node_id="secret-node-name")
+async def test_health_and_ready_reveal_nothing_but_a_status_and_their_own_id(
+    make_node: NodeFactory, http: aiohttp.ClientSession
+) -> None:
+    url = await make_node(node_id="n-self", allowed_origins=("https://ok.example",),
+                          trusted_proxies=("10.9.8.0/24",), auth_secret=SECRET)
     for path, body in (("/health", {"status": "ok"}), ("/ready", {"status": "ready"})):
         async with http.get(url + path) as r:
             assert await r.json() == body
             assert r.headers["Server"] == "signaling"  # no library versions
-            assert "secret-node-name" not in str(dict(r.headers))
+            assert r.headers["X-Node-Id"] == "n-self"  # as in every welcome
+            headers = str(dict(r.headers))
+            assert all(x not in headers for x in ("ok.example", "10.9.8", SECRET, "Python"))
 
 
 async def test_foreign_origin_is_refused_even_with_a_valid_token(

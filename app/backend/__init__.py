@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.backend.base import Backend, BackendUnavailable, EnvelopeHandler, RoomFull
+from app.backend.base import Backend, BackendEvents, BackendUnavailable, Rejoin, RoomFull
 from app.backend.memory import MemoryBackend, MemoryHub
 from app.config import Settings
 from app.keys import Keys
@@ -22,6 +22,6 @@ def create_backend(settings: Settings) -> Backend:
 
 
 __all__ = [
-    "Backend", "BackendUnavailable", "EnvelopeHandler", "MemoryBackend", "MemoryHub",
+    "Backend", "BackendEvents", "BackendUnavailable", "MemoryBackend", "MemoryHub", "Rejoin",
     "RoomFull", "create_backend",
 ]

@@ -15,19 +15,31 @@ Contract for implementations (the service relies on every line):
 - `subscribe` returns only once the subscription is live: anything published after it
   returns reaches this node (announce-after-subscribe rests on this).
 - `on_envelope` is called from one reader task, in channel order, and must not block.
+- When the backend loses its server it calls `on_lost`, refuses work (BackendUnavailable)
+  and reconnects by itself; once connected and resubscribed it awaits `on_recovered`
+  (where the node repairs memberships) before it reports `ready` again.
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TypeVar
+from enum import StrEnum
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
-EnvelopeHandler = Callable[[str, bytes], None]
-"""Receives (room, payload) for every envelope on a subscribed room channel, in order."""
+class BackendEvents(Protocol):
+    """What a backend reports to the node that owns it."""
+
+    def on_envelope(self, room: str, payload: bytes) -> None:
+        """An envelope of a subscribed room, in channel order. Must not block."""
+
+    def on_lost(self) -> None:
+        """The backend became unreachable; from now on its calls raise BackendUnavailable."""
+
+    async def on_recovered(self) -> None:
+        """Connected and resubscribed again: repair state; `ready` waits for this."""
 
 
 class BackendUnavailable(Exception):
@@ -38,14 +50,20 @@ class RoomFull(Exception):
     """The room already holds its maximum number of peers."""
 
 
+class Rejoin(StrEnum):
+    KEPT = "kept"  # the membership was still there, owned by this connection
+    ADDED = "added"  # it was gone (Redis restarted, or the node was reaped): re-created
+    TAKEN = "taken"  # another connection owns the peer id now: this one must close
+
+
 class Backend(ABC):
     """What a node needs from the cluster fabric. See the module docstring for the rules."""
 
     node_id: str
 
     @abstractmethod
-    async def start(self, on_envelope: EnvelopeHandler) -> None:
-        """Connect and start delivering envelopes of subscribed rooms to `on_envelope`."""
+    async def start(self, events: BackendEvents) -> None:
+        """Connect and start reporting to `events`; raises BackendUnavailable if it cannot."""
 
     @abstractmethod
     async def stop(self) -> None:
@@ -76,11 +94,30 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    async def leave(self, room: str, peer: str, conn: str, envelope: bytes) -> bool:
+    async def leave(
+        self, room: str, peer: str, conn: str, envelope: bytes, announce_absent: bool = False
+    ) -> bool:
         """Remove the membership if `conn` still owns it, and then publish `envelope`.
 
         Returns False, publishing nothing, when another connection owns it (a takeover).
+        With `announce_absent`, also publishes when nobody owns it any more (a leave that
+        happened while Redis was away, or after it restarted empty).
         """
+
+    @abstractmethod
+    async def rejoin(self, room: str, peer: str, conn: str, envelope: bytes) -> Rejoin:
+        """Re-create a membership after an outage, if no other connection took it.
+
+        Publishes `envelope` (a fresh join) only when the membership was missing.
+        """
+
+    @abstractmethod
+    async def sync(self, room: str) -> None:
+        """Publish the room's current members (a sync envelope) on its channel, in order."""
+
+    @abstractmethod
+    async def memberships(self) -> set[tuple[str, str, str]]:
+        """(room, peer, conn) of every membership the backend files under this node."""
 
     @abstractmethod
     async def relay(self, room: str, to: str, envelope: bytes) -> asyncio.Future[bool]:

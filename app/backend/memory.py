@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from app.backend.base import Backend, EnvelopeHandler, RoomFull, resolved
+from app import envelope
+from app.backend.base import Backend, BackendEvents, Rejoin, RoomFull, resolved
 
 log = structlog.get_logger(__name__)
 
@@ -50,9 +51,9 @@ class MemoryBackend(Backend):
         self.inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
 
-    async def start(self, on_envelope: EnvelopeHandler) -> None:
+    async def start(self, events: BackendEvents) -> None:
         self.hub.nodes.add(self.node_id)
-        self._reader = asyncio.create_task(self._read(on_envelope), name="memory-reader")
+        self._reader = asyncio.create_task(self._read(events), name="memory-reader")
 
     async def stop(self) -> None:
         self.hub.nodes.discard(self.node_id)
@@ -67,11 +68,11 @@ class MemoryBackend(Backend):
     def ready(self) -> bool:
         return self._reader is not None and not self._reader.done()
 
-    async def _read(self, on_envelope: EnvelopeHandler) -> None:
+    async def _read(self, events: BackendEvents) -> None:
         while True:
             room, payload = await self.inbox.get()
             try:
-                on_envelope(room, payload)
+                events.on_envelope(room, payload)
             except Exception:
                 log.exception("envelope handler failed", room=room)
 
@@ -102,17 +103,43 @@ class MemoryBackend(Backend):
         self.hub.publish(room, takeover if previous_owner is not None else fresh)
         return previous
 
-    async def leave(self, room: str, peer: str, conn: str, envelope: bytes) -> bool:
+    async def leave(
+        self, room: str, peer: str, conn: str, envelope: bytes, announce_absent: bool = False
+    ) -> bool:
         members = self.hub.members.get(room, {})
         owner = f"{self.node_id}/{conn}"
-        if members.get(peer) != owner:
+        current = members.get(peer)
+        if current == owner:
+            del members[peer]
+            self.hub.index(owner, room, peer, add=False)
+            if not members:
+                del self.hub.members[room]
+        elif current is not None or not announce_absent:
             return False
-        del members[peer]
-        self.hub.index(owner, room, peer, add=False)
-        if not members:
-            del self.hub.members[room]
         self.hub.publish(room, envelope)
         return True
+
+    async def rejoin(self, room: str, peer: str, conn: str, envelope: bytes) -> Rejoin:
+        members = self.hub.members.setdefault(room, {})
+        owner = f"{self.node_id}/{conn}"
+        current = members.get(peer)
+        if current is not None:
+            return Rejoin.KEPT if current == owner else Rejoin.TAKEN
+        members[peer] = owner
+        self.hub.index(owner, room, peer, add=True)
+        self.hub.publish(room, envelope)
+        return Rejoin.ADDED
+
+    async def sync(self, room: str) -> None:
+        self.hub.publish(room, envelope.sync(self.node_id, self.hub.peers(room)))
+
+    async def memberships(self) -> set[tuple[str, str, str]]:
+        found = set()
+        for entry in self.hub.node_peers.get(self.node_id, ()):
+            room, _, peer = entry.partition("/")
+            owner = self.hub.members.get(room, {}).get(peer, "")
+            found.add((room, peer, owner.rpartition("/")[2]))
+        return found
 
     async def relay(self, room: str, to: str, envelope: bytes) -> asyncio.Future[bool]:
         if to not in self.hub.members.get(room, {}):

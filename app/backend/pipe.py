@@ -4,12 +4,16 @@ A pool of connections would reorder a sender's frames (two commands on two conne
 race inside Redis). Here commands run in submission order: whatever queued up while one
 round trip was in flight goes out as the next pipeline, on one connection at a time.
 That keeps per-sender FIFO and batches under load for free.
+
+While Redis is unreachable the pipe is closed: `submit` fails at once instead of queueing,
+so an outage of any length costs no memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -24,31 +28,47 @@ from app.backend.base import BackendUnavailable
 log = structlog.get_logger(__name__)
 
 Command = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
-_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+LOST = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
 class OrderedPipe:
-    def __init__(self, client: Redis, max_batch: int = 1000, max_queued: int = 50_000) -> None:
+    def __init__(self, client: Redis, on_lost: Callable[[str], None], timeout: float = 2.0,
+                 max_batch: int = 1000, max_queued: int = 50_000) -> None:
         self._client = client
+        self._on_lost = on_lost
+        self._timeout = timeout
         self._max_batch = max_batch
         self._max_queued = max_queued
         self._queue: deque[Command] = deque()
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
+        self._open = False
+
+    def open(self) -> None:
+        self._open = True
+
+    def close(self, reason: str) -> None:
+        """Refuse new commands and fail the queued ones (Redis is gone)."""
+        self._open = False
+        _fail(list(self._queue), BackendUnavailable(reason))
+        self._queue.clear()
+        self._space.set()
 
     async def submit(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command; wait only if the queue is full. The future holds its reply."""
-        while len(self._queue) >= self._max_queued:
+        while self._open and len(self._queue) >= self._max_queued:
             self._space.clear()
             await self._space.wait()
+        if not self._open:
+            raise BackendUnavailable("redis is unreachable")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((args, future))
         self._wake.set()
         return future
 
     async def run(self) -> None:
-        """Send queued commands forever, in order; owned by the backend's task group."""
+        """Send queued commands forever, in order; owned by the backend."""
         try:
             while True:
                 await self._wake.wait()
@@ -60,35 +80,17 @@ class OrderedPipe:
                         self._space.set()
                     await self._execute(batch)
         finally:
-            self.fail_all(BackendUnavailable("node is stopping"))
-
-    def fail_all(self, exc: Exception) -> None:
-        while self._queue:
-            _, future = self._queue.popleft()
-            if not future.done():
-                future.set_exception(exc)
-        self._space.set()
+            self.close("node is stopping")
 
     async def _execute(self, batch: list[Command]) -> None:
         try:
             replies = await self._send(batch)
-        except _LOST as exc:
-            _fail(batch, BackendUnavailable(f"redis: {exc}"))
+            if any(isinstance(r, NoScriptError) for r in replies):
+                replies = await self._reload_and_retry(batch, replies)
+        except LOST as exc:
+            _fail(batch, BackendUnavailable(f"redis: {exc!r}"))
+            self._on_lost(f"command failed: {exc!r}")
             return
-        missing = [cmd for cmd, reply in zip(batch, replies, strict=True)
-                   if isinstance(reply, NoScriptError)]
-        if missing:
-            # Redis restarted or SCRIPT FLUSH: reload and run those again. Only this rare
-            # path can reorder, and only commands of one batch.
-            log.warning("lua scripts missing in redis, reloading", commands=len(missing))
-            try:
-                await scripts.load_all(self._client)
-                retried = await self._send(missing)
-            except _LOST as exc:
-                _fail(missing, BackendUnavailable(f"redis: {exc}"))
-                retried = []
-            replies = [retried.pop(0) if isinstance(r, NoScriptError) and retried else r
-                       for r in replies]
         for (args, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue
@@ -98,8 +100,22 @@ class OrderedPipe:
             else:
                 future.set_result(reply)
 
+    async def _reload_and_retry(self, batch: list[Command], replies: list[Any]) -> list[Any]:
+        """Redis restarted or SCRIPT FLUSH: reload and run those commands again.
+
+        Only this rare path can reorder, and only commands within one batch.
+        """
+        missing = [cmd for cmd, r in zip(batch, replies, strict=True)
+                   if isinstance(r, NoScriptError)]
+        log.warning("lua scripts missing in redis, reloading", commands=len(missing))
+        await scripts.load_all(self._client)
+        retried = iter(await self._send(missing))
+        return [next(retried) if isinstance(r, NoScriptError) else r for r in replies]
+
     async def _send(self, batch: list[Command]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with asyncio.timeout(self._timeout), self._client.pipeline(
+            transaction=False
+        ) as pipe:
             for args, _ in batch:
                 pipe.execute_command(*args)
             replies: list[Any] = await pipe.execute(raise_on_error=False)

@@ -54,18 +54,42 @@ return members
 )
 
 # KEYS: room peers set, room conns hash, rooms set, the owner node's peers set
-# ARGV: room, peer, owner (node/conn), channel, leave envelope
-# Returns 1 if `owner` owned the membership (removed and announced), else 0.
+# ARGV: room, peer, owner (node/conn), channel, leave envelope, announce if absent (0/1)
+# Returns 1 if the leave was published: `owner` owned the membership (now removed), or
+# nobody owns it and ARGV[6] is 1. Returns 0 if another connection owns it.
 LEAVE = Script(
     "leave",
     """
-if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('SREM', KEYS[1], ARGV[2])
+local current = redis.call('HGET', KEYS[2], ARGV[2])
+if current == ARGV[3] then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('SREM', KEYS[1], ARGV[2])
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
+elseif current or ARGV[6] ~= '1' then
+  return 0
+end
 redis.call('SREM', KEYS[4], ARGV[1] .. '/' .. ARGV[2])
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
+""",
+)
+
+# KEYS: room peers set, room conns hash, rooms set, this node's peers set
+# ARGV: room, peer, owner (node/conn), channel, join envelope
+# After an outage: re-create the membership if nobody owns it ('added', published),
+# keep it if `owner` still does ('kept'), or report that another connection took it.
+REJOIN = Script(
+    "rejoin",
+    """
+local current = redis.call('HGET', KEYS[2], ARGV[2])
+if current and current ~= ARGV[3] then return 'taken' end
+redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1] .. '/' .. ARGV[2])
+if current then return 'kept' end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 'added'
 """,
 )
 
@@ -80,7 +104,30 @@ return 1
 """,
 )
 
-ALL = (JOIN, LEAVE, RELAY)
+# KEYS: room peers set; ARGV: channel, sync envelope head (msgpack, see envelope.py)
+# Publishes the room's members as a sync envelope, in channel order. Peer ids are at most
+# 64 bytes, so each is a msgpack fixstr or str8; the array header is fixarray or array16.
+SYNC = Script(
+    "sync",
+    """
+local members = redis.call('SMEMBERS', KEYS[1])
+local n = #members
+local parts = {ARGV[2]}
+if n < 16 then
+  parts[2] = string.char(0x90 + n)
+else
+  parts[2] = string.char(0xdc, math.floor(n / 256), n % 256)
+end
+for i, m in ipairs(members) do
+  if #m < 32 then parts[#parts + 1] = string.char(0xa0 + #m) .. m
+  else parts[#parts + 1] = string.char(0xd9, #m) .. m end
+end
+redis.call('PUBLISH', ARGV[1], table.concat(parts))
+return n
+""",
+)
+
+ALL = (JOIN, LEAVE, REJOIN, RELAY, SYNC)
 
 
 async def load_all(client: Redis) -> None:

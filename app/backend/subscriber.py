@@ -3,15 +3,15 @@
 redis-py's `PubSub` does not tell when a SUBSCRIBE has taken effect, and the service
 must know (announce-after-subscribe). So this speaks the few pub/sub commands itself on a
 raw connection: each SUBSCRIBE/UNSUBSCRIBE waits for its confirmation, which Redis sends
-in order on this connection once the change is live.
+in order on this connection once the change is live. A silent connection is probed with
+PING, so a vanished server is noticed even when no room has traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -24,9 +24,11 @@ MessageHandler = Callable[[bytes, bytes], None]
 
 
 class Subscriber:
-    def __init__(self, pool: ConnectionPool, on_message: MessageHandler) -> None:
+    def __init__(self, pool: ConnectionPool, on_message: MessageHandler,
+                 idle_probe: float = 2.0) -> None:
         self._pool = pool
         self._on_message = on_message
+        self._idle_probe = idle_probe
         self._conn: AbstractConnection | None = None
         self._waiters: dict[tuple[bytes, bytes], deque[asyncio.Future[None]]] = {}
 
@@ -40,41 +42,59 @@ class Subscriber:
             await self._conn.disconnect()
         self._fail_waiters(BackendUnavailable("subscriber closed"))
 
-    async def subscribe(self, channel: bytes) -> None:
-        await self._command(b"subscribe", channel)
+    async def subscribe(self, channels: Iterable[bytes]) -> None:
+        """Subscribe and return once Redis confirmed every channel."""
+        await self._command(b"subscribe", list(channels))
 
     async def unsubscribe(self, channel: bytes) -> None:
-        await self._command(b"unsubscribe", channel)
+        await self._command(b"unsubscribe", [channel])
 
-    async def _command(self, kind: bytes, channel: bytes) -> None:
+    async def _command(self, kind: bytes, channels: list[bytes]) -> None:
+        if not channels:
+            return
         if self._conn is None or not self._conn.is_connected:
             raise BackendUnavailable("pub/sub connection is down")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault((kind, channel), deque()).append(waiter)
+        loop = asyncio.get_running_loop()
+        waiters = []
+        for channel in channels:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault((kind, channel), deque()).append(waiter)
+            waiters.append(waiter)
         try:
-            await self._conn.send_command(kind.upper(), channel, check_health=False)
+            await self._conn.send_command(kind.upper(), *channels, check_health=False)
         except (OSError, ConnectionError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
-        await waiter
+        await asyncio.gather(*waiters)
 
     async def run(self) -> None:
         """Read until the connection fails; every message goes to the handler in order."""
-        assert self._conn is not None
+        conn = self._conn
+        assert conn is not None
+        probing = False
         try:
             while True:
-                reply = await self._conn.read_response(timeout=math.inf)
+                reply = await conn.read_response(timeout=self._idle_probe)
+                if reply is None:  # quiet for a while: is the server still there?
+                    if probing:
+                        raise ConnectionError("redis did not answer PING on pub/sub")
+                    probing = True
+                    await conn.send_command("PING", check_health=False)
+                    continue
+                probing = False
                 self._dispatch(reply)
         finally:
             self._fail_waiters(BackendUnavailable("pub/sub connection lost"))
 
     def _dispatch(self, reply: object) -> None:
-        if not isinstance(reply, list) or len(reply) < 3:
+        if reply == b"PONG":  # the answer to a probe while no channel is subscribed
+            return
+        if not isinstance(reply, list) or len(reply) < 2:
             log.warning("unexpected pub/sub reply", reply=repr(reply)[:200])
             return
-        kind, channel, payload = reply[0], reply[1], reply[2]
-        if kind == b"message":
+        kind, channel = reply[0], reply[1]
+        if kind == b"message" and len(reply) == 3:
             try:
-                self._on_message(channel, payload)
+                self._on_message(channel, reply[2])
             except Exception:
                 log.exception("pub/sub message handler failed")
             return

@@ -69,6 +69,11 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
 
+    def restart(self) -> RedisServer:
+        """Start again on the same port, empty (nothing is persisted)."""
+        self.kill()
+        return self.start()
+
     def cli(self, *args: str) -> str:
         out = subprocess.run(["redis-cli", "-p", str(self.port), "--raw", *args],
                              capture_output=True, text=True, check=True)
@@ -92,7 +97,7 @@ class NodeProcess:
 
     def start(self, wait_ready: bool = True) -> NodeProcess:
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_FORMAT": "json",
-               "LOG_LEVEL": "info", **self.env}
+               "LOG_LEVEL": "info", "DRAIN_SECONDS": "0.2", **self.env}
         fd, name = tempfile.mkstemp(prefix="node-", suffix=".log")
         self.log_path = Path(name)
         self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=env, stdout=fd, stderr=fd)

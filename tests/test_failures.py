@@ -1,0 +1,248 @@
+"""Contract §3 failure guarantees, with real processes: redis-server, 3 nodes, the reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from app.client import Closed, Refused, SignalingClient
+from tests.support.peers import barrier, summary
+from tests.support.procs import NodeProcess
+from tests.support.topology import ProcessCluster
+
+
+@pytest.fixture
+def cluster() -> Iterator[ProcessCluster]:
+    c = ProcessCluster.start(nodes=3)
+    yield c
+    c.stop()
+
+
+async def connect_rooms(c: ProcessCluster, rooms: int) -> dict[str, list[SignalingClient]]:
+    """`rooms` rooms with one peer on each node: p0 on node 0, p1 on node 1, p2 on node 2."""
+    out: dict[str, list[SignalingClient]] = {}
+    for r in range(rooms):
+        room = f"room{r}"
+        out[room] = [await SignalingClient.connect(url, room, f"p{i}")
+                     for i, url in enumerate(c.urls())]
+        await barrier(out[room])
+    return out
+
+
+async def close_everything(rooms: dict[str, list[SignalingClient]]) -> None:
+    for clients in rooms.values():
+        for client in clients:
+            await client.close()
+
+
+async def test_kill_9_node_peers_announced_gone_once_within_15s(cluster: ProcessCluster) -> None:
+    rooms = await connect_rooms(cluster, 10)  # 30 peers, 10 on each node
+    dead = cluster.nodes[1]
+    dead.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    killed = time.monotonic()
+    survivors = [c for clients in rooms.values() for c in (clients[0], clients[2])]
+    async with asyncio.timeout(15):
+        notes = await asyncio.gather(*(s.next_of("peer-left", timeout=15) for s in survivors))
+    took = time.monotonic() - killed
+    assert all(n.data == "p1" for n in notes)
+    print(f"kill -9 to last peer-left: {took:.2f}s")
+    for clients in rooms.values():  # exactly once: nothing else before a barrier
+        got = await barrier([clients[0], clients[2]])
+        assert got[clients[0]] == [] and got[clients[2]] == []
+    for room in rooms:
+        assert cluster.members(room) == ["p0", "p2"]
+    assert cluster.keys("node:{n1}*") == []
+    await close_everything(rooms)
+
+
+async def test_redis_restarted_empty_nodes_repair_membership(cluster: ProcessCluster) -> None:
+    rooms = await connect_rooms(cluster, 4)
+    solo = [await SignalingClient.connect(cluster.urls()[0], "solo", f"s{i}") for i in range(2)]
+    await barrier(solo)
+    cluster.redis.kill()
+    down = time.monotonic()
+    await wait_all(cluster, ready=False, within=1.5)
+    print(f"redis killed to /ready 503 on every node: {time.monotonic() - down:.2f}s")
+    # alone, a node still serves rooms that live on it; cross-node frames are refused
+    await solo[0].ice("s1", {"alone": True})
+    assert (await solo[1].recv()).data == {"alone": True}
+    a, b, c = rooms["room0"]
+    await a.ice("p1", {"lost": True})
+    err = await a.recv()
+    assert err.type == "error" and err.data["code"] == "unavailable"
+    with pytest.raises(Refused) as refused:
+        await SignalingClient.connect(cluster.urls()[0], "room0", "late")
+    assert refused.value.status == 503
+    await c.close()  # leaves during the outage: must be announced once Redis is back
+    cluster.redis.restart()
+    back = time.monotonic()
+    await wait_all(cluster, ready=True, within=5)
+    print(f"redis back to every node ready: {time.monotonic() - back:.2f}s")
+    await a.ice("p1", {"across": "again"})
+    # the leave during the outage is announced within 5 s of Redis returning, exactly once
+    async with asyncio.timeout(5 - (time.monotonic() - back)):
+        assert sorted(summary([await b.recv(), await b.recv()])) == [
+            ("ice", {"across": "again"}), ("peer-left", "p2")]
+        assert summary([await a.recv()]) == [("peer-left", "p2")]
+    assert cluster.members("room0") == ["p0", "p1"]
+    for room in ("room1", "room2", "room3"):
+        assert cluster.members(room) == ["p0", "p1", "p2"]
+        got = await barrier(rooms[room])  # no repeated new-peer after the repair
+        assert all(frames == [] for frames in got.values())
+    assert cluster.members("solo") == ["s0", "s1"]
+    got = await barrier([a, b])
+    assert got[a] == [] and got[b] == []
+    await close_everything({"r": [a, b], "s": solo, **{r: rooms[r] for r in rooms if r != "room0"}})
+
+
+async def test_sigterm_drains_without_losing_traffic_between_other_nodes(
+    cluster: ProcessCluster,
+) -> None:
+    draining = NodeProcess({**cluster.nodes[0].env, "NODE_ID": "drainer", "DRAIN_SECONDS": "1"})
+    draining.start()
+    try:
+        x = await SignalingClient.connect(cluster.urls()[1], "steady", "x")
+        y = await SignalingClient.connect(cluster.urls()[2], "steady", "y")
+        d = await SignalingClient.connect(draining.url, "steady", "d")
+        await barrier([x, y, d])
+        sender = asyncio.create_task(send_steadily(x, "y", 400))
+        await asyncio.sleep(0.2)
+        draining.signal(signal.SIGTERM)
+        sent_at = time.monotonic()
+        async with aiohttp.ClientSession() as http, http.get(f"{draining.url}/ready") as r:
+            assert r.status == 503
+        with pytest.raises(Refused) as refused:
+            await SignalingClient.connect(draining.url, "steady", "newcomer")
+        assert refused.value.status == 503
+        with pytest.raises(Closed) as closed:
+            while True:
+                await d.recv()
+        assert closed.value.code == 1001 and time.monotonic() - sent_at >= 0.9
+        assert draining.proc is not None and draining.proc.wait(6.5) == 0
+        sent = await sender
+        got = []
+        while len(got) < sent:
+            frame = await y.recv()
+            if frame.type == "ice":
+                got.append(frame.data["n"])
+            else:
+                assert summary([frame]) == [("peer-left", "d")]
+        assert got == list(range(sent))
+        for client in (x, y, d):
+            await client.close()
+    finally:
+        draining.kill()
+
+
+async def send_steadily(client: SignalingClient, to: str, count: int) -> int:
+    for n in range(count):
+        await client.ice(to, {"n": n})
+        await asyncio.sleep(0.005)
+    return count
+
+
+async def test_peer_that_stops_reading_is_closed_and_does_not_stall_the_room(
+    cluster: ProcessCluster,
+) -> None:
+    url = cluster.urls()[0]
+    a = await SignalingClient.connect(url, "flood", "a")
+    b = await SignalingClient.connect(cluster.urls()[1], "flood", "b")
+    frozen = await frozen_client(url, "flood", "slow")
+    await barrier([a, b])
+    rss_before = rss_kib(cluster.nodes[0])
+    probes: dict[int, asyncio.Future[float]] = {}
+    left: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def read_b() -> None:  # b keeps reading, as a healthy client does
+        while True:
+            frame = await b.recv(timeout=None)
+            if frame.type == "ice":
+                probes[frame.data["probe"]].set_result(time.monotonic())
+            elif frame.type == "peer-left" and not left.done():
+                left.set_result(frame.data)
+
+    reader = asyncio.create_task(read_b())
+    drain_a = asyncio.create_task(drain(a))
+    chunk, worst = "x" * 60_000, 0.0
+    for i in range(170):  # about 10 MB of chat, which the frozen peer never reads
+        await a.chat({"i": i, "pad": chunk})
+        if i % 10 == 0:
+            probes[i] = asyncio.get_running_loop().create_future()
+            sent = time.monotonic()
+            await a.ice("b", {"probe": i})
+            worst = max(worst, await asyncio.wait_for(probes[i], 5) - sent)
+    assert await asyncio.wait_for(left, 5) == "slow"
+    growth = rss_kib(cluster.nodes[0]) - rss_before
+    print(f"worst relay latency during the flood: {worst * 1000:.0f} ms; "
+          f"node RSS growth {growth} KiB")
+    assert worst < 1.0 and growth < 40_000
+    reader.cancel()
+    drain_a.cancel()
+    frozen.close()
+    await a.close()
+    await b.close()
+
+
+async def drain(client: SignalingClient) -> None:
+    while True:
+        await client.recv(timeout=None)
+
+
+async def test_connection_frozen_without_fin_is_dropped_within_two_heartbeats() -> None:
+    c = ProcessCluster.start(nodes=1, reaper=False, WS_HEARTBEAT_SECONDS=1)
+    try:
+        url = c.urls()[0]
+        watcher = await SignalingClient.connect(url, "hb", "watcher")
+        frozen = await frozen_client(url, "hb", "frozen")
+        await watcher.next_of("new-peer")
+        froze = time.monotonic()
+        left = await watcher.next_of("peer-left", timeout=3)
+        took = time.monotonic() - froze
+        print(f"frozen connection announced gone after {took:.2f}s (heartbeat 1s)")
+        assert left.data == "frozen" and took <= 2.0
+        assert c.members("hb") == ["watcher"]
+        frozen.close()
+        await watcher.close()
+    finally:
+        c.stop()
+
+
+async def frozen_client(base: str, room: str, peer: str) -> socket.socket:
+    """A WebSocket client that upgrades, then never reads or answers again (no FIN)."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall((f"GET /ws/{room}/{peer} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.settimeout(5)
+    head = await asyncio.to_thread(sock.recv, 1024)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def rss_kib(node: NodeProcess) -> int:
+    assert node.proc is not None
+    with open(f"/proc/{node.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def wait_all(c: ProcessCluster, ready: bool, within: float) -> None:
+    """Poll /ready on every node until each says `ready` (a node has no event to await)."""
+    async with asyncio.timeout(within), aiohttp.ClientSession() as http:
+        for url in c.urls():
+            while True:
+                async with http.get(f"{url}/ready") as r:
+                    if (r.status == 200) == ready:
+                        break
+                await asyncio.sleep(0.05)
+
