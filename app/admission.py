@@ -61,7 +61,6 @@ class Gate:
         self._verifier = Verifier.from_settings(settings)
         self._per_ip = settings.max_conns_per_ip
         self._open: Counter[str] = Counter()
-        self.stats: Counter[str] = Counter()  # refusals by code
 
     def admit(self, request: web.Request) -> Ticket:
         """Check ids, origin and token; raise `Refusal` or return the ticket."""
@@ -100,8 +99,7 @@ class Gate:
                 del self._open[key]
 
     def refused(self, refusal: Refusal, request: web.Request) -> web.Response:
-        """Count and log a refusal, and build its response."""
-        self.stats[refusal.code] += 1
+        """Log a refusal and build its response."""
         log.debug("upgrade refused", status=refusal.status, code=refusal.code,
                   path=request.path, remote=request.remote)
         return refusal.response()

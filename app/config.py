@@ -14,7 +14,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from dotenv import load_dotenv
 
@@ -53,6 +53,22 @@ class Settings:
     node_ttl_seconds: float = 4.0
     ws_heartbeat_seconds: float = 20.0
     drain_seconds: float = 5.0
+    # operations: admin API, ICE servers for clients, room-event webhooks
+    admin_token: str | None = None
+    ice_stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_ttl_seconds: int = 86400
+    webhook_events: bool = False
+    webhook_stream_maxlen: int = 100_000
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_max_attempts: int = 8
+    webhook_timeout_seconds: float = 5.0
+    webhook_backoff_seconds: float = 1.0
+    webhook_backoff_max_seconds: float = 60.0
+    webhook_consumer: str = ""
+    webhook_claim_idle_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -72,18 +88,12 @@ class Settings:
             hard_frame_bytes=r.integer("HARD_FRAME_BYTES", 1048576, lo=64),
             rate_limit_per_s=r.number("RATE_LIMIT_PER_S", 100.0, lo=0.0),
             rate_limit_burst=r.integer("RATE_LIMIT_BURST", 1000, lo=1),
-            rate_limit_strikes=r.integer("RATE_LIMIT_STRIKES", 100, lo=0),
-            max_json_depth=r.integer("MAX_JSON_DEPTH", 32, lo=2, hi=1000),
-            max_conns_per_ip=r.integer("MAX_CONNS_PER_IP", 100, lo=0),
-            trusted_proxies=r.items("TRUSTED_PROXIES", ""),
-            room_max_peers=r.integer("ROOM_MAX_PEERS", 100, lo=0),
-            max_rooms_per_node=r.integer("MAX_ROOMS_PER_NODE", 10000, lo=0),
-            auth_secret=r.text("AUTH_SECRET", ""),
-            auth_public_key=r.public_key("AUTH_PUBLIC_KEY", "AUTH_PUBLIC_KEY_FILE"),
             send_queue_bytes=r.integer("SEND_QUEUE_BYTES", 1048576, lo=1024),
             node_ttl_seconds=r.number("NODE_TTL_SECONDS", 4.0, lo=1.0),
             ws_heartbeat_seconds=r.number("WS_HEARTBEAT_SECONDS", 20.0, lo=0.0),
             drain_seconds=r.number("DRAIN_SECONDS", 5.0, lo=0.0),
+            **_security(r),
+            **_operations(r),
         )
         settings.check()
         return settings
@@ -98,22 +108,77 @@ class Settings:
             raise ConfigError("KEY_PREFIX may hold only letters, digits and : . _ -")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
-        self._check_security()
+        _check_security(self)
+        _check_operations(self)
 
-    def _check_security(self) -> None:
+
+def _security(r: EnvReader) -> dict[str, Any]:
+    """Settings of the security controls (limits, client addresses, token auth)."""
+    return {
+        "rate_limit_strikes": r.integer("RATE_LIMIT_STRIKES", 100, lo=0),
+        "max_json_depth": r.integer("MAX_JSON_DEPTH", 32, lo=2, hi=1000),
+        "max_conns_per_ip": r.integer("MAX_CONNS_PER_IP", 100, lo=0),
+        "trusted_proxies": r.items("TRUSTED_PROXIES", ""),
+        "room_max_peers": r.integer("ROOM_MAX_PEERS", 100, lo=0),
+        "max_rooms_per_node": r.integer("MAX_ROOMS_PER_NODE", 10000, lo=0),
+        "auth_secret": r.text("AUTH_SECRET", ""),
+        "auth_public_key": r.public_key("AUTH_PUBLIC_KEY", "AUTH_PUBLIC_KEY_FILE"),
+    }
+
+
+def _check_security(s: Settings) -> None:
+    try:
+        parse_networks(s.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
+    if s.auth_secret and s.auth_public_key:
+        raise ConfigError("set AUTH_SECRET or AUTH_PUBLIC_KEY(_FILE), not both")
+    if s.auth_secret and len(s.auth_secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes (HS256)")
+    if s.auth_public_key:
         try:
-            parse_networks(self.trusted_proxies)
+            load_public_key(s.auth_public_key)
         except ValueError as exc:
-            raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
-        if self.auth_secret and self.auth_public_key:
-            raise ConfigError("set AUTH_SECRET or AUTH_PUBLIC_KEY(_FILE), not both")
-        if self.auth_secret and len(self.auth_secret.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(f"AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes (HS256)")
-        if self.auth_public_key:
-            try:
-                load_public_key(self.auth_public_key)
-            except ValueError as exc:
-                raise ConfigError(f"AUTH_PUBLIC_KEY: {exc}") from None
+            raise ConfigError(f"AUTH_PUBLIC_KEY: {exc}") from None
+
+
+def _operations(r: EnvReader) -> dict[str, Any]:
+    """Settings of the operations features (admin API, ICE servers, webhooks)."""
+    return {
+        "admin_token": r.text("ADMIN_TOKEN", "") or None,
+        "ice_stun_urls": r.items("ICE_STUN_URLS", ""),
+        "turn_urls": r.items("TURN_URLS", ""),
+        "turn_secret": r.text("TURN_SECRET", "") or None,
+        "turn_ttl_seconds": r.integer("TURN_TTL_SECONDS", 86400, lo=60),
+        "webhook_events": r.flag("WEBHOOK_EVENTS", False),
+        "webhook_stream_maxlen": r.integer("WEBHOOK_STREAM_MAXLEN", 100_000, lo=100),
+        "webhook_url": r.text("WEBHOOK_URL", "") or None,
+        "webhook_secret": r.text("WEBHOOK_SECRET", "") or None,
+        "webhook_max_attempts": r.integer("WEBHOOK_MAX_ATTEMPTS", 8, lo=1),
+        "webhook_timeout_seconds": r.number("WEBHOOK_TIMEOUT_SECONDS", 5.0, lo=0.1),
+        "webhook_backoff_seconds": r.number("WEBHOOK_BACKOFF_SECONDS", 1.0, lo=0.0),
+        "webhook_backoff_max_seconds": r.number("WEBHOOK_BACKOFF_MAX_SECONDS", 60.0, lo=0.0),
+        "webhook_consumer": r.text("WEBHOOK_CONSUMER", ""),
+        "webhook_claim_idle_seconds": r.number("WEBHOOK_CLAIM_IDLE_SECONDS", 300.0, lo=0.1),
+    }
+
+
+def _check_operations(s: Settings) -> None:
+    if s.webhook_events and not s.redis_url:
+        raise ConfigError("WEBHOOK_EVENTS=1 needs REDIS_URL: room events live in a Redis stream")
+    if any(not url.startswith(("stun:", "stuns:")) for url in s.ice_stun_urls):
+        raise ConfigError("ICE_STUN_URLS entries must start with stun: or stuns:")
+    if any(not url.startswith(("turn:", "turns:")) for url in s.turn_urls):
+        raise ConfigError("TURN_URLS entries must start with turn: or turns:")
+    if s.turn_urls and not s.turn_secret:
+        raise ConfigError("TURN_URLS needs TURN_SECRET (coturn's static-auth-secret)")
+    if s.webhook_url and not s.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("WEBHOOK_URL must start with http:// or https://")
+    if s.webhook_claim_idle_seconds <= s.webhook_backoff_max_seconds + s.webhook_timeout_seconds:
+        raise ConfigError("WEBHOOK_CLAIM_IDLE_SECONDS must exceed WEBHOOK_BACKOFF_MAX_SECONDS + "
+                          "WEBHOOK_TIMEOUT_SECONDS (a live worker's retry is not abandoned)")
+    if s.webhook_consumer and not ID_PATTERN.fullmatch(s.webhook_consumer):
+        raise ConfigError(f"WEBHOOK_CONSUMER must match {ID_PATTERN.pattern}")
 
 
 _S = TypeVar("_S")
@@ -169,6 +234,12 @@ class EnvReader:
             raise ConfigError(f"{name}={value!r} must be one of {', '.join(options)}")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name, "1" if default else "0").lower()
+        if raw not in _FLAGS:
+            raise ConfigError(f"{name}={raw!r} must be one of 1, 0, true, false, yes, no")
+        return _FLAGS[raw]
+
     def items(self, name: str, default: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self.text(name, default).split(",") if item.strip())
 
@@ -187,6 +258,8 @@ class EnvReader:
             raise ConfigError(f"{file_name}={path!r} cannot be read: {exc}") from None
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
 _N = TypeVar("_N", int, float)
 
 

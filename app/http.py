@@ -1,8 +1,9 @@
 """Plain HTTP endpoints (contract §4).
 
-They reveal nothing sensitive: a status word, and the answering node's id in `X-Node-Id`
-(the id every client sees in `welcome` anyway); no other nodes, rooms, peers, versions or
-configuration. So they can stay open to load balancers and, for allowed origins, browsers.
+`/health` and `/ready` reveal nothing sensitive: a status word, and the answering node's
+id in `X-Node-Id` (the id every client sees in `welcome` anyway); no other nodes, rooms,
+peers, versions or configuration. So they stay open to load balancers and, for allowed
+origins, browsers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from app.admission import Refusal
-from app.state import SERVICE, SETTINGS
+from app.metrics import CONTENT_TYPE
+from app.state import METRICS, SERVICE, SETTINGS
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -40,3 +42,8 @@ async def add_node_header(request: web.Request, response: web.StreamResponse) ->
     """Name the answering node on every response, the WebSocket upgrade included, so a
     client (or nginx's access log) sees which node it reached without a welcome frame."""
     response.headers["X-Node-Id"] = request.app[SETTINGS].node_id
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format of this node's own registry."""
+    response = web.Response(body=request.app[METRICS].render())
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response

@@ -45,3 +45,17 @@ class Keys:
     def node_pattern(self) -> str:
         """`SCAN MATCH` pattern for all liveness keys."""
         return f"{self.prefix}node:{{*}}"
+
+    @property
+    def events(self) -> str:
+        """Stream of room events (room-started, peer-joined, ...) for the webhook worker."""
+        return f"{self.prefix}events"
+
+    @property
+    def events_parked(self) -> str:
+        """Stream of events the webhook worker gave up on after its last attempt."""
+        return f"{self.prefix}events:parked"
+
+    def node_peers_pattern(self) -> str:
+        """`SCAN MATCH` pattern for all per-node membership sets (live or dead nodes)."""
+        return f"{self.prefix}node:{{*}}:peers"

@@ -4,8 +4,30 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
+
+
+class SafeLogger:
+    """Writes each line to a stream, and never raises.
+
+    A process whose log reader went away (a launcher killed with -9 leaves a broken pipe)
+    must still drain and exit: a failed write of a log line is dropped, not raised into
+    whatever code was logging.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        try:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
 def configure_logging(level: str = "info", fmt: str = "json", node: str | None = None) -> None:
@@ -26,7 +48,7 @@ def configure_logging(level: str = "info", fmt: str = "json", node: str | None =
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *args: SafeLogger(sys.stderr),
         cache_logger_on_first_use=True,
     )
     if node is not None:

@@ -38,8 +38,8 @@ async def serve(settings: Settings) -> None:
                 return
             if sig is signal.SIGINT:
                 wait["s"] = 0.0
-            log.info("signal received, draining", signal=sig.name)
             stop.set()
+            log.info("signal received, draining", signal=sig.name)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,8 +25,8 @@ CLOSE_TIMEOUT = 0.5  # a client that does not take our close frame is cut off af
 class Peer:
     __slots__ = (
         "_backlog", "_bytes", "_closer", "_closing", "_limit", "_queue", "_timer", "_transport",
-        "_wake", "_writer", "conn", "id", "known", "perms", "rate", "replaced", "room",
-        "welcome", "ws",
+        "_wake", "_writer", "conn", "id", "known", "overflowed", "perms", "rate", "replaced",
+        "room", "welcome", "ws",
     )
 
     def __init__(self, room: str, peer_id: str, conn: str, queue_limit: int,
@@ -42,6 +42,7 @@ class Peer:
         # None until the join's snapshot is known; announcements wait in the backlog.
         self.known: set[str] | None = None
         self._backlog: list[tuple[str, bool, Notices]] = []
+        self.overflowed = False  # closed because its send queue overflowed (metrics)
         self.ws: web.WebSocketResponse | None = None
         self._transport: asyncio.Transport | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -62,6 +63,7 @@ class Peer:
         if self._bytes > self._limit:
             log.warning("send queue full, closing peer", room=self.room, peer=self.id,
                         queued_bytes=self._bytes)
+            self.overflowed = True
             self.close(WSCloseCode.POLICY_VIOLATION, "send queue full")
             return
         self._wake.set()
@@ -114,6 +116,9 @@ class Peer:
         """Start writing to `ws`: the welcome first, then whatever arrived since the join."""
         self.ws = ws
         self._transport = transport
+        if self._closing is not None:  # closed (kick, takeover) between the join and now
+            self._closer = asyncio.create_task(self._close_ws(ws, *self._closing))
+            return
         self._queue.appendleft(self.welcome)
         self._bytes += len(self.welcome)
         self._writer = asyncio.create_task(self._write(ws), name=f"writer:{self.id}")

@@ -7,6 +7,7 @@ through Redis unchanged to every receiving node.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -102,8 +103,11 @@ def notice_frame(kind: str, room: str, peer: str) -> bytes:
     return encode({"type": kind, "room": room, "from": SERVER, "data": peer})
 
 
-def welcome_frame(room: str, peer: str, peers: list[str], node: str) -> bytes:
-    data = {"peer": peer, "peers": peers, "node": node}
+def welcome_frame(room: str, peer: str, peers: list[str], node: str,
+                  extra: Mapping[str, Any] | None = None) -> bytes:
+    """`extra` adds fields to `data` (e.g. `iceServers`); clients ignore what they don't know."""
+    data: dict[str, Any] = {"peer": peer, "peers": peers, "node": node}
+    data.update((k, v) for k, v in (extra or {}).items() if k not in data)
     return encode({"type": "welcome", "room": room, "from": SERVER, "to": peer, "data": data})
 
 

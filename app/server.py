@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from app import headers, http, ws
+from app import admin, headers, http, ws
 from app.admission import Gate
 from app.backend import Backend, create_backend
 from app.config import Settings
+from app.metrics import NodeMetrics
 from app.service import CLOSE_GOING_AWAY, SignalingService
-from app.state import GATE, SERVICE, SETTINGS
+from app.state import GATE, METRICS, SERVICE, SETTINGS
 
 log = structlog.get_logger(__name__)
 
@@ -30,10 +31,13 @@ def create_app(
 ) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
+    app[METRICS] = metrics = NodeMetrics(settings.node_id)
     app[GATE] = Gate(settings)
     headers.install(app, settings.allowed_origins)
     app.router.add_get("/health", http.health)
     app.router.add_get("/ready", http.ready)
+    app.router.add_get("/metrics", http.metrics)
+    admin.add_routes(app, settings.admin_token)
     # [^/]+ rather than aiohttp's default [^{}/]+: a brace in an id is then a bad id (400
     # bad-room/bad-peer), like any other character outside the id pattern.
     app.router.add_get("/ws/{room:[^/]+}", ws.websocket)
@@ -44,7 +48,9 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = backend_factory(settings)
-        service = SignalingService(backend, settings)
+        backend.observer = metrics
+        metrics.set_backend(type(backend).__name__.removesuffix("Backend").lower())
+        service = SignalingService(backend, settings, metrics)
         await backend.start(service)
         app[SERVICE] = service
         log.info("node started", node=settings.node_id,
@@ -55,6 +61,7 @@ def create_app(
         log.info("node stopped", node=settings.node_id)
 
     async def close_peers(app: web.Application) -> None:
+        metrics.set_draining(True)
         app[SERVICE].close_all(CLOSE_GOING_AWAY, "node shutting down")
 
     app.cleanup_ctx.append(lifecycle)

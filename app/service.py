@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import Awaitable
 from typing import Any
 
@@ -25,9 +24,11 @@ from app import envelope, protocol
 from app.auth import PERM_CHAT
 from app.backend import Backend, BackendUnavailable
 from app.config import Settings
-from app.envelope import BadEnvelope, Chat, Join, Leave, Relay, Sync
+from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay, Sync
+from app.ice import IceServers
 from app.ids import is_valid_peer, new_conn_id
 from app.limits import RateLimit, Verdict
+from app.metrics import OK, NodeMetrics
 from app.peer import Peer
 from app.protocol import ErrorCode, FrameError
 from app.repair import Repair
@@ -37,7 +38,10 @@ log = structlog.get_logger(__name__)
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
-_KNOWN_TYPES = frozenset({"offer", "answer", "ice", "chat", "ping"})
+CLOSE_KICKED = 4002  # an operator kicked the peer (admin API)
+CLOSE_ROOM_CLOSED = 4003  # an operator closed the room (admin API)
+CLOSE_TOKEN_EXPIRED = 4004  # the peer's token expired (token auth): reconnect with a new one
+_KIND: dict[type, str] = {Join: "j", Leave: "l", Relay: "r", Chat: "c", Kick: "k", Sync: "s"}
 
 
 class NodeFull(Exception):
@@ -45,12 +49,20 @@ class NodeFull(Exception):
 
 
 class SignalingService:
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings,
+                 metrics: NodeMetrics | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.node_id = backend.node_id
         self.rooms: dict[str, LocalRoom] = {}
-        self.stats: Counter[str] = Counter()
+        self.metrics = metrics if metrics is not None else NodeMetrics(self.node_id)
+        self.metrics.watch(
+            peers=lambda: sum(len(local.conns) for local in self.rooms.values()),
+            rooms=lambda: len(self.rooms),
+            subscriptions=lambda: sum(local.subscribed for local in self.rooms.values()),
+            ready=lambda: backend.ready,
+        )
+        self.ice = IceServers.from_settings(settings)
         self.draining = False
         self.repair = Repair(self)
         self._no_rooms = asyncio.Event()
@@ -81,7 +93,9 @@ class SignalingService:
             await self._drop_local(local, peer)
             raise
         peer.learn_snapshot(others)
-        peer.welcome = protocol.welcome_frame(room, peer_id, others, self.node_id)
+        peer.welcome = protocol.welcome_frame(room, peer_id, others, self.node_id,
+                                              self.ice.welcome_data(peer_id))
+        self.metrics.connections.inc()
         log.debug("peer joined", room=room, peer=peer_id, conn=peer.conn)
         return peer
 
@@ -92,6 +106,8 @@ class SignalingService:
             return
         if local.active.get(peer.id) is peer:
             del local.active[peer.id]
+        if peer.overflowed:
+            self.metrics.queue_overflows.inc()
         await peer.stop()
         try:
             if not peer.replaced:
@@ -162,6 +178,15 @@ class SignalingService:
     def peers(self) -> list[Peer]:
         return [peer for local in self.rooms.values() for peer in local.conns.values()]
 
+    async def kick(self, room: str, peer: str | None, code: int, reason: str) -> None:
+        """Close `peer`'s connections (None: the whole room's) on whichever nodes hold them.
+
+        The kick travels on the room channel, so every node hosting the room acts on it in
+        order; each closes its own connections, whose leave then announces `peer-left`.
+        """
+        sent = await self.backend.publish(room, envelope.kick(self.node_id, peer, code, reason))
+        await sent
+
     def close_all(self, code: int, reason: str) -> None:
         """Close every local connection; their handlers then leave as usual."""
         for peer in self.peers():
@@ -173,6 +198,7 @@ class SignalingService:
         Clients closed with 1001 reconnect through the load balancer to another node.
         """
         self.draining = True
+        self.metrics.set_draining(True)
         log.info("draining", seconds=seconds, peers=len(self.peers()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(now.wait(), seconds)
@@ -193,23 +219,25 @@ class SignalingService:
             msg = protocol.parse_frame(text, self.settings.max_json_depth)
         except FrameError as exc:
             return self._refuse(peer, exc.code, exc.message)
-        self.stats[f"frames.{msg.type if msg.type in _KNOWN_TYPES else 'other'}"] += 1
         if msg.type in protocol.RELAY_TYPES:
             assert msg.to is not None
             await self._relay(peer, msg.type, msg.to, msg.data)
         elif msg.type == "chat":
             if peer.perms is not None and PERM_CHAT not in peer.perms:
-                return self._refuse(peer, ErrorCode.FORBIDDEN, "your token does not allow chat")
+                return self._refuse(peer, ErrorCode.FORBIDDEN, "your token does not allow chat",
+                                    "chat")
             await self._chat(peer, protocol.chat_frame(peer.room, peer.id, msg.data))
         elif msg.type == "ping":
             peer.send(protocol.PONG)
+            self.metrics.frame("ping", OK)
         else:
-            self._refuse(peer, ErrorCode.UNKNOWN_TYPE, f"unknown type {msg.type[:64]!r}")
+            self._refuse(peer, ErrorCode.UNKNOWN_TYPE, f"unknown type {msg.type[:64]!r}",
+                         "other")
 
     def handle_binary(self, peer: Peer) -> None:
         if self._within_rate(peer):
             self._refuse(peer, ErrorCode.BAD_MESSAGE,
-                         "binary frames are not accepted; send JSON text")
+                         "binary frames are not accepted; send JSON text", "binary")
 
     def _within_rate(self, peer: Peer) -> bool:
         """Every frame counts, bad ones too; past RATE_LIMIT_STRIKES the peer is closed."""
@@ -218,7 +246,7 @@ class SignalingService:
             return True
         if verdict is Verdict.CLOSE:
             if not peer.closing:
-                self.stats["closed.rate-limit"] += 1
+                self.metrics.rate_limit_closes.inc()
                 log.info("closing flooding peer", room=peer.room, peer=peer.id)
                 peer.close(CLOSE_POLICY, "rate limit exceeded")
         else:
@@ -227,15 +255,16 @@ class SignalingService:
 
     async def _relay(self, peer: Peer, kind: str, to: str, data: Any) -> None:
         if not is_valid_peer(to):
-            return self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to[:64]!r} in room")
+            return self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to[:64]!r} in room",
+                                kind)
         frame = protocol.relay_frame(kind, peer.room, peer.id, to, data)
         if not self.backend.ready:  # alone: only this node's peers can be reached
             local = self.rooms.get(peer.room)
             if local is None or not local.relay(to, frame):
-                self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable")
+                self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable", kind)
             return
         env = envelope.relay(self.node_id, to, frame)
-        await self._submit(peer, self.backend.relay(peer.room, to, env), to)
+        await self._submit(peer, kind, self.backend.relay(peer.room, to, env), to)
 
     async def _chat(self, peer: Peer, frame: bytes) -> None:
         if not self.backend.ready:
@@ -245,30 +274,36 @@ class SignalingService:
                 if not local.remote_peers(peer):
                     return
             return self._refuse(peer, ErrorCode.UNAVAILABLE,
-                                "signaling backend unavailable: peers on other nodes missed it")
-        await self._submit(peer, self.backend.publish(peer.room, envelope.chat(
+                                "signaling backend unavailable: peers on other nodes missed it",
+                                "chat")
+        await self._submit(peer, "chat", self.backend.publish(peer.room, envelope.chat(
             self.node_id, frame)))
 
-    async def _submit(
-        self, peer: Peer, call: Awaitable[asyncio.Future[Any]], to: str | None = None
-    ) -> None:
+    async def _submit(self, peer: Peer, kind: str, call: Awaitable[asyncio.Future[Any]],
+                      to: str | None = None) -> None:
         """Await the backend's queueing, then report the outcome to the sender later."""
         try:
             future = await call
         except BackendUnavailable:
-            return self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable")
-        future.add_done_callback(lambda f: self._report(peer, f, to))
+            return self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable",
+                                kind)
+        future.add_done_callback(lambda f: self._report(peer, kind, f, to))
 
-    def _report(self, peer: Peer, future: asyncio.Future[Any], to: str | None) -> None:
+    def _report(self, peer: Peer, kind: str, future: asyncio.Future[Any], to: str | None
+                ) -> None:
         if future.cancelled():
             return
         if future.exception() is not None:
-            self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable")
+            self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable", kind)
         elif to is not None and not future.result():
-            self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to!r} in room")
+            self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to!r} in room", kind)
+        else:
+            self.metrics.frame(kind, OK)
 
-    def _refuse(self, peer: Peer, code: ErrorCode, message: str) -> None:
-        self.stats[f"errors.{code}"] += 1
+    def _refuse(self, peer: Peer, code: ErrorCode, message: str, kind: str = "invalid") -> None:
+        """Answer a frame with an error; `kind` is its type for metrics (invalid: unknown)."""
+        self.metrics.frame(kind, code)
+        self.metrics.error(code)
         peer.send(protocol.error_frame(code, message))
 
     # -- what the backend reports (BackendEvents) ------------------------------------------
@@ -280,14 +315,18 @@ class SignalingService:
         try:
             env = envelope.decode(payload)
         except BadEnvelope as exc:
-            self.stats["envelopes.bad"] += 1
+            self.metrics.bad_envelope()
             log.warning("dropped undecodable envelope", room=room, error=str(exc),
                         size=len(payload))
             return
+        self.metrics.envelope(_KIND[type(env)])
         if isinstance(env, Relay):
-            local.relay(env.to, env.frame)
+            if local.relay(env.to, env.frame):
+                self.metrics.delivered("relay", env.node != self.node_id, env.sent)
         elif isinstance(env, Chat):
-            local.chat(env.frame)
+            if local.active:
+                local.chat(env.frame)
+                self.metrics.delivered("chat", env.node != self.node_id, env.sent)
         elif isinstance(env, Join):
             local.joined(self.node_id, env)
         elif isinstance(env, Leave):
@@ -295,9 +334,13 @@ class SignalingService:
         elif isinstance(env, Sync) and env.node == self.node_id:
             for target in local.active.values():
                 target.resync(env.members, room)
+        elif isinstance(env, Kick):
+            for peer in list(local.conns.values()):  # all of them: a closed room
+                if env.peer is None or peer.id == env.peer:
+                    self.metrics.kicks.inc()
+                    peer.close(env.code, env.reason)
 
     def on_lost(self) -> None:
-        self.stats["backend.lost"] += 1
         log.warning("backend lost: serving local peers only", rooms=len(self.rooms))
 
     async def on_recovered(self) -> None:

@@ -6,8 +6,10 @@ from aiohttp import web
 
 from app.admission import Gate
 from app.config import Settings
+from app.metrics import NodeMetrics
 from app.service import SignalingService
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", SignalingService)
+METRICS = web.AppKey("metrics", NodeMetrics)
 GATE = web.AppKey("gate", Gate)

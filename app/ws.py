@@ -17,12 +17,10 @@ from aiohttp import WSMsgType, web
 from app.admission import Refusal, Ticket
 from app.backend import BackendUnavailable, RoomFull
 from app.peer import Peer
-from app.service import NodeFull, SignalingService
-from app.state import GATE, SERVICE, SETTINGS
+from app.service import CLOSE_TOKEN_EXPIRED, NodeFull, SignalingService
+from app.state import GATE, METRICS, SERVICE, SETTINGS
 
 log = structlog.get_logger(__name__)
-
-CLOSE_TOKEN_EXPIRED = 4003
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -46,6 +44,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             peer = await join(service, ticket)
             await serve(request, ws, peer, ticket)
     except Refusal as refusal:
+        request.app[METRICS].refusals.labels(refusal.code).inc()
         return gate.refused(refusal, request)
     return ws
 

@@ -35,9 +35,14 @@ from deploy.children import (
 )
 from deploy.nginx_conf import LocalNginx, render
 
-# Workers run beside the nodes, each `python -m NAME`; one whose module does not exist
-# is skipped with a notice.
-WORKERS = ("workers.reaper",)
+# Workers run beside the nodes, each `python -m NAME`, with the variable they need (None:
+# always); one whose module does not exist, or whose variable is unset, is skipped with a
+# notice. The webhook worker runs when WEBHOOK_URL is set (with WEBHOOK_SECRET), and then
+# the nodes write room events for it (WEBHOOK_EVENTS=1).
+WORKERS: tuple[tuple[str, str | None], ...] = (
+    ("workers.reaper", None),
+    ("workers.webhooks", "WEBHOOK_URL"),
+)
 
 # The Debian package that brings each program, named when the program is missing.
 DEBIAN_PACKAGES = {"redis-server": "redis-server", "nginx": "nginx-light"}
@@ -87,6 +92,8 @@ def node_env(index: int, port: int, redis_url: str, key_prefix: str, public_port
     env.setdefault("ALLOWED_ORIGINS", f"http://127.0.0.1:{public_port},"
                                       f"http://localhost:{public_port},http://localhost:3000")
     env.setdefault("LOG_FORMAT", "console")
+    if env.get("WEBHOOK_URL"):  # the webhook worker runs: write room events for it
+        env.setdefault("WEBHOOK_EVENTS", "1")
     return env
 
 
@@ -147,10 +154,13 @@ class Topology:
 
     async def _start_workers(self, redis_url: str, key_prefix: str) -> None:
         env = {**os.environ, "REDIS_URL": redis_url, "KEY_PREFIX": key_prefix}
-        for module in WORKERS:
+        for module, needs in WORKERS:
             label = module.rsplit(".", 1)[-1]
             if importlib.util.find_spec(module) is None:
                 self.console.say("local", f"{label}: module {module} not found, not started")
+                continue
+            if needs is not None and not os.environ.get(needs):
+                self.console.say("local", f"{label}: {needs} is not set, not started")
                 continue
             self.workers.append(await spawn(self.console, label,
                                             [sys.executable, "-m", module], env))

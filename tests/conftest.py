@@ -12,7 +12,14 @@ from aiohttp.test_utils import TestServer
 from app.backend.redis import client_from_url
 from app.keys import Keys
 from app.server import create_app
-from tests.support.cluster import Cluster, NodeFactory, in_process, node_settings, unique
+from tests.support.cluster import (
+    ADMIN_TOKEN,
+    Cluster,
+    NodeFactory,
+    in_process,
+    node_settings,
+    unique,
+)
 from tests.support.procs import NodeProcess, RedisServer, wait_until
 
 IN_PROCESS = ("memory", "fakeredis", "redis")
@@ -32,7 +39,7 @@ def node_processes(redis_server: RedisServer) -> Iterator[list[NodeProcess]]:
     """Two real `python -m app` nodes on the session's redis-server, shared by tests."""
     prefix = f"p{os.getpid()}:"
     nodes = [NodeProcess({"REDIS_URL": redis_server.url, "NODE_ID": f"proc{i}",
-                          "KEY_PREFIX": prefix}) for i in range(2)]
+                          "KEY_PREFIX": prefix, "ADMIN_TOKEN": ADMIN_TOKEN}) for i in range(2)]
     try:
         for node in nodes:
             node.start(wait_ready=False)

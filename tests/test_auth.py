@@ -84,12 +84,12 @@ async def test_chat_needs_the_chat_permission(auth_url: str) -> None:
     await close_all(mute, talk)
 
 
-async def test_session_closes_with_4003_when_its_token_expires(auth_url: str) -> None:
+async def test_session_closes_with_4004_when_its_token_expires(auth_url: str) -> None:
     stay = await connect(auth_url, "r", "stay", token=mint("r", "stay"))
     brief = await connect(auth_url, "r", "brief", token=mint("r", "brief", ttl=1))
     await stay.next_of("new-peer")
     frames, code = await until_closed(brief, timeout=5)
-    assert code == 4003 and frames == []
+    assert code == 4004 and frames == []
     assert (await stay.next_of("peer-left")).data == "brief"
     await close_all(stay, brief)
 

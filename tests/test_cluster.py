@@ -225,8 +225,9 @@ async def wait_for_state(cluster: Cluster, room: str, ok: object, timeout: float
 @pytest.mark.parametrize("payload", [
     b"", b"\xc1", b"garbage", b"\x93\x01\xa1r\xa1x",  # short, wrong, truncated
     b"\x95\x02\xa1c\xa5node1\xc4\x02{}\xc0",  # wrong version
-    b"\x94\x01\xa1c\xa5node1\xa2{}",  # chat whose frame is a str, not binary
-    b"\x95\x01\xa1r\xa5node1\xa6no way\xc4\x02{}",  # invalid target id
+    b"\x95\x01\xa1c\xa5node1\xa2{}\xcb?\xf8\x00\x00\x00\x00\x00\x00",  # str frame, not binary
+    b"\x96\x01\xa1r\xa5node1\xa6no way\xc4\x02{}\xcb?\xf8\x00\x00\x00\x00\x00\x00",  # bad target
+    b"\x95\x01\xa1c\xa5node1\xc4\x02{}\xa11",  # timestamp that is not a float
 ])
 async def test_undecodable_envelopes_are_dropped_and_never_delivered(
     cluster: Cluster, room: str, payload: bytes

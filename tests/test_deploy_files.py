@@ -73,7 +73,7 @@ def test_compose_file_is_valid_by_the_compose_specification_schema() -> None:
 
 def test_compose_services_ports_modules_and_variables_exist_in_the_code() -> None:
     services = compose()["services"]
-    assert set(services) == {"redis", "node", "reaper", "nginx"}
+    assert set(services) == {"redis", "node", "reaper", "webhooks", "nginx"}
     for name, service in services.items():
         assert set(service.get("depends_on", {})) <= set(services), name
         assert set(service.get("environment", {})) <= known_variables(), name

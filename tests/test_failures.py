@@ -41,7 +41,15 @@ async def close_everything(rooms: dict[str, list[SignalingClient]]) -> None:
             await client.close()
 
 
-async def test_kill_9_node_peers_announced_gone_once_within_15s(cluster: ProcessCluster) -> None:
+async def test_kill_9_node_peers_announced_gone_once_within_15s() -> None:
+    cluster = ProcessCluster.start(nodes=3, WEBHOOK_EVENTS=1)
+    try:
+        await kill_9_scenario(cluster)
+    finally:
+        cluster.stop()
+
+
+async def kill_9_scenario(cluster: ProcessCluster) -> None:
     rooms = await connect_rooms(cluster, 10)  # 30 peers, 10 on each node
     dead = cluster.nodes[1]
     dead.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
@@ -58,6 +66,12 @@ async def test_kill_9_node_peers_announced_gone_once_within_15s(cluster: Process
     for room in rooms:
         assert cluster.members(room) == ["p0", "p2"]
     assert cluster.keys("node:{n1}*") == []
+    # the reaper's removals are room events too, for webhooks: one peer-left per lost peer
+    raw = cluster.redis.cli("XRANGE", f"{cluster.prefix}events", "-", "+").split()
+    entries = [dict(zip(raw[i + 1:i + 9:2], raw[i + 2:i + 9:2], strict=True))
+               for i in range(0, len(raw), 9)]
+    gone = [e["room"] for e in entries if e["type"] == "peer-left" and e["peer"] == "p1"]
+    assert sorted(gone) == sorted(rooms)
     await close_everything(rooms)
 
 

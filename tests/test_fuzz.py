@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from app.client import Frame, SignalingClient
-from app.state import SERVICE
+from app.state import METRICS, SERVICE
 from tests.support.cluster import Cluster, ServerFactory, in_process, publish_raw, unique
 from tests.support.peers import UPGRADE, barrier, close_all, connect
 
@@ -297,9 +297,9 @@ async def pair(cluster: Cluster) -> AsyncIterator[tuple[Cluster, str, list[Signa
 
 
 def dropped(c: Cluster) -> list[int]:
-    """Envelopes each node refused so far: its stats, or for real processes its log lines."""
+    """Envelopes each node refused so far: its metrics, or for real processes its log lines."""
     if "apps" in c.extra:
-        return [app[SERVICE].stats["envelopes.bad"] for app in c.extra["apps"]]
+        return [app[METRICS].hot.bad_envelopes for app in c.extra["apps"]]
     return [node.logs().count("dropped undecodable envelope") for node in c.extra["nodes"]]
 
 

@@ -144,10 +144,12 @@ async def test_launcher_runs_the_whole_topology_and_stops_it_leaving_nothing(
         assert re.search(rf"^{label} +\| ", text, re.M), label
     assert re.search(r'^nginx +\| \{.*"uri":"/ws/room/p0"', text, re.M)  # its JSON access log
     assert text.rstrip().endswith("stopped")
-    for module in deploy.local.WORKERS:  # started exactly when the module exists
+    for module, needs in deploy.local.WORKERS:  # started when it exists and is configured
         label = module.rsplit(".", 1)[-1]
-        said = (f"{label}: started (python -m {module})" if importlib.util.find_spec(module)
-                else f"{label}: module {module} not found, not started")
+        said = (f"{label}: module {module} not found, not started"
+                if not importlib.util.find_spec(module)
+                else f"{label}: {needs} is not set, not started" if needs
+                else f"{label}: started (python -m {module})")
         assert f"| {said}\n" in text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import msgpack
@@ -10,7 +11,7 @@ import pytest
 from app import envelope, limits
 from app.clientip import client_ip, limit_key, parse_networks
 from app.config import ConfigError, Settings
-from app.envelope import BadEnvelope, Chat, Join, Leave, Relay
+from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay
 from app.ids import is_valid_id, is_valid_peer, new_peer_id
 from app.keys import Keys
 from app.limits import RateLimit, TokenBucket, Verdict
@@ -19,17 +20,32 @@ from app.protocol import depth
 
 def test_envelopes_round_trip_and_frames_stay_binary() -> None:
     frame = b'{"type":"chat","data":"\xc3\xa9"}'
-    assert envelope.decode(envelope.chat("n1", frame)) == Chat("n1", frame)
-    assert envelope.decode(envelope.relay("n1", "bob", frame)) == Relay("n1", "bob", frame)
+    assert envelope.decode(envelope.chat("n1", frame, 1.5)) == Chat("n1", frame, 1.5)
+    assert envelope.decode(envelope.relay("n1", "bob", frame, 2.5)) == Relay("n1", "bob", frame,
+                                                                            2.5)
     assert envelope.decode(envelope.join("n1", "bob", "c1", True)) == Join("n1", "bob", "c1", True)
     assert envelope.decode(envelope.leave("n1", "bob", "c1")) == Leave("n1", "bob", "c1")
+    assert envelope.decode(envelope.kick("n1", "bob", 4002, "kicked")) == Kick(
+        "n1", "bob", 4002, "kicked")
+    assert envelope.decode(envelope.kick("n1", None, 4003, "")) == Kick("n1", None, 4003, "")
+
+
+def test_relays_and_chats_carry_the_origin_wall_clock() -> None:
+    before = time.time()
+    decoded = envelope.decode(envelope.relay("n1", "bob", b"{}"))
+    assert isinstance(decoded, Relay) and before <= decoded.sent <= time.time()
 
 
 @pytest.mark.parametrize("items", [
     [2, "c", "n1", b"{}"], [1, "c", "n1"], [1, "x", "n1", b"{}"], [1, "c", "bad id", b"{}"],
-    [1, "j", "n1", "p", "c", "yes"], [1, "r", "n1", 5, b"{}"], {"v": 1}, "text",
-    [1, "c", "n1", b"[1]"], [1, "c", "n1", b'{"a":"\xff"}'], [1, "r", "n1", "b", b""],
-    [1, "c", "n1", b"{}", *range(10)], [1, "c", "n" * 300, b"{}"], [1, "c", "n1", {"x": 1}],
+    [1, "j", "n1", "p", "c", "yes"], [1, "r", "n1", 5, b"{}", 1.0], {"v": 1}, "text",
+    [1, "c", "n1", b"{}"], [1, "c", "n1", b"{}", 1], [1, "c", "n1", b"{}", float("nan")],
+    [1, "r", "n1", "bob", b"{}"], [1, "k", "n1", "bob", 4002], [1, "k", "n1", "bad id", 4002, ""],
+    [1, "k", "n1", None, 99, ""], [1, "k", "n1", None, True, ""], [1, "k", "n1", None, 4002, 7],
+    [1, "k", "n1", None, 4002, "x" * 124],
+    [1, "c", "n1", b"[1]", 1.0], [1, "c", "n1", b'{"a":"\xff"}', 1.0],
+    [1, "r", "n1", "b", b"", 1.0], [1, "c", "n1", b"{}", *range(10)],
+    [1, "c", "n" * 300, b"{}", 1.0], [1, "c", "n1", {"x": 1}, 1.0],
 ])
 def test_envelopes_of_the_wrong_shape_are_refused(items: object) -> None:
     with pytest.raises(BadEnvelope):
@@ -59,10 +75,19 @@ def test_settings_read_every_variable() -> None:
     {"PORT": "eighty"}, {"PORT": "70000"}, {"NODE_ID": "has space"}, {"LOG_FORMAT": "xml"},
     {"REDIS_URL": "http://x"}, {"MAX_FRAME_BYTES": "5000", "HARD_FRAME_BYTES": "4000"},
     {"KEY_PREFIX": "a b"}, {"RATE_LIMIT_PER_S": "-1"},
+    {"WEBHOOK_EVENTS": "1"}, {"WEBHOOK_EVENTS": "maybe"}, {"WEBHOOK_URL": "ftp://x"},
+    {"WEBHOOK_BACKOFF_MAX_SECONDS": "600"}, {"WEBHOOK_CONSUMER": "a b"},
 ])
 def test_bad_settings_stop_start_up_with_the_variable_named(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=next(iter(env)).split("_")[0]):
         Settings.from_env(env)
+
+
+def test_operations_settings() -> None:
+    s = Settings.from_env({"REDIS_URL": "redis://r", "WEBHOOK_EVENTS": "yes",
+                           "WEBHOOK_URL": "https://h.example/x", "ADMIN_TOKEN": " t "})
+    assert s.webhook_events and s.webhook_stream_maxlen == 100_000 and s.admin_token == "t"
+    assert Settings.from_env({}).admin_token is None and not Settings.from_env({}).webhook_events
 
 
 def test_ids() -> None:

@@ -42,6 +42,7 @@ class ReaperSettings:
     redis_url: str
     key_prefix: str = "sig:"
     interval: float = 1.0
+    events_maxlen: int = 0  # room events for webhooks, as the nodes write them
     log_level: str = "info"
     log_format: str = "json"
 
@@ -53,6 +54,8 @@ class ReaperSettings:
             redis_url=url,
             key_prefix=r.text("KEY_PREFIX", "sig:"),
             interval=r.number("REAP_INTERVAL_SECONDS", 1.0, lo=0.05),
+            events_maxlen=(r.integer("WEBHOOK_STREAM_MAXLEN", 100_000, lo=1)
+                           if r.flag("WEBHOOK_EVENTS", False) else 0),
             log_level=r.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=r.choice("LOG_FORMAT", "json", ("json", "console")),
         )
@@ -62,9 +65,10 @@ class ReaperSettings:
 
 
 class Reaper:
-    def __init__(self, client: Redis, keys: Keys) -> None:
+    def __init__(self, client: Redis, keys: Keys, events_maxlen: int = 0) -> None:
         self._client = client
         self._keys = keys
+        self._events_maxlen = events_maxlen
         head, tail = keys.node_peers_parts()
         self._index = re.compile(re.escape(head) + r"(.+)" + re.escape(tail))
 
@@ -96,9 +100,10 @@ class Reaper:
                 if not leaves[-1]:
                     pipe.srem(k.node_peers(node), f"{room}/{peer}")  # no longer this node's
                     continue
-                pipe.evalsha(scripts.LEAVE.sha, 4, k.room_peers(room), k.room_conns(room),
-                             k.rooms, k.node_peers(node), room, peer, owner,
-                             k.room_channel(room), envelope.leave(node, peer, conn), 0)
+                pipe.evalsha(scripts.LEAVE.sha, 5, k.room_peers(room), k.room_conns(room),
+                             k.rooms, k.node_peers(node), k.events, room, peer, owner,
+                             k.room_channel(room), envelope.leave(node, peer, conn), 0,
+                             self._events_maxlen)
             results = await pipe.execute()
         announced = sum(1 for leave, r in zip(leaves, results, strict=True) if leave and r == 1)
         if entries:
@@ -112,7 +117,7 @@ def _text(value: bytes | str | None) -> str:
 
 async def run(settings: ReaperSettings, stop: asyncio.Event) -> None:
     client = client_from_url(settings.redis_url)
-    reaper = Reaper(client, Keys(settings.key_prefix))
+    reaper = Reaper(client, Keys(settings.key_prefix), settings.events_maxlen)
     delay = settings.interval
     log.info("reaper started", interval=settings.interval, prefix=settings.key_prefix)
     try:

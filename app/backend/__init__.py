@@ -18,6 +18,7 @@ def create_backend(settings: Settings) -> Backend:
         settings.node_id,
         Keys(settings.key_prefix),
         node_ttl=settings.node_ttl_seconds,
+        events_maxlen=settings.webhook_stream_maxlen if settings.webhook_events else 0,
     )
 
 

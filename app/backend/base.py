@@ -27,6 +27,8 @@ from abc import ABC, abstractmethod
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
+from app.backend.directory import Directory
+
 T = TypeVar("T")
 
 class BackendEvents(Protocol):
@@ -56,10 +58,30 @@ class Rejoin(StrEnum):
     TAKEN = "taken"  # another connection owns the peer id now: this one must close
 
 
+class BackendObserver(Protocol):
+    """What a backend reports for metrics (`app/metrics.py` implements it)."""
+
+    def backend_error(self, where: str) -> None:
+        """A command, the heartbeat or the pub/sub connection failed."""
+
+    def backend_reconnected(self) -> None:
+        """The connection to the fabric was re-established after a loss."""
+
+
+class _Silent:
+    def backend_error(self, where: str) -> None:
+        pass
+
+    def backend_reconnected(self) -> None:
+        pass
+
+
 class Backend(ABC):
     """What a node needs from the cluster fabric. See the module docstring for the rules."""
 
     node_id: str
+    directory: Directory  # read-only view for operators (admin API, inspector)
+    observer: BackendObserver = _Silent()  # the node sets its metrics here before `start`
 
     @abstractmethod
     async def start(self, events: BackendEvents) -> None:

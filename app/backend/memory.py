@@ -15,6 +15,7 @@ import structlog
 
 from app import envelope
 from app.backend.base import Backend, BackendEvents, Rejoin, RoomFull, resolved
+from app.backend.directory import Directory, NodeInfo, PeerInfo
 
 log = structlog.get_logger(__name__)
 
@@ -44,10 +45,30 @@ class MemoryHub:
             del self.node_peers[node]
 
 
+class MemoryDirectory(Directory):
+    """The operator's view of a hub: what `RedisDirectory` reads from Redis."""
+
+    def __init__(self, hub: MemoryHub) -> None:
+        self._hub = hub
+
+    async def rooms(self) -> dict[str, int]:
+        return {room: len(members) for room, members in sorted(self._hub.members.items())}
+
+    async def room(self, room: str) -> list[PeerInfo]:
+        members = self._hub.members.get(room, {})
+        return [PeerInfo.from_owner(peer, owner) for peer, owner in sorted(members.items())]
+
+    async def nodes(self) -> list[NodeInfo]:
+        names = sorted(self._hub.nodes | set(self._hub.node_peers))
+        return [NodeInfo(name, name in self._hub.nodes, len(self._hub.node_peers.get(name, ())))
+                for name in names]
+
+
 class MemoryBackend(Backend):
     def __init__(self, node_id: str, hub: MemoryHub | None = None) -> None:
         self.node_id = node_id
         self.hub = hub if hub is not None else MemoryHub()
+        self.directory = MemoryDirectory(self.hub)
         self.inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
 

@@ -33,9 +33,11 @@ LOST = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 class OrderedPipe:
     def __init__(self, client: Redis, on_lost: Callable[[str], None], timeout: float = 2.0,
-                 max_batch: int = 1000, max_queued: int = 50_000) -> None:
+                 max_batch: int = 1000, max_queued: int = 50_000,
+                 on_error: Callable[[], None] = lambda: None) -> None:
         self._client = client
         self._on_lost = on_lost
+        self._on_error = on_error  # counts failed round trips and commands (metrics)
         self._timeout = timeout
         self._max_batch = max_batch
         self._max_queued = max_queued
@@ -88,6 +90,7 @@ class OrderedPipe:
             if any(isinstance(r, NoScriptError) for r in replies):
                 replies = await self._reload_and_retry(batch, replies)
         except LOST as exc:
+            self._on_error()
             _fail(batch, BackendUnavailable(f"redis: {exc!r}"))
             self._on_lost(f"command failed: {exc!r}")
             return
@@ -95,6 +98,7 @@ class OrderedPipe:
             if future.done():
                 continue
             if isinstance(reply, Exception):
+                self._on_error()
                 log.error("redis command failed", command=str(args[0]), error=str(reply))
                 future.set_exception(BackendUnavailable(f"redis: {reply}"))
             else:

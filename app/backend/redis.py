@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from app import envelope
 from app.backend import scripts
 from app.backend.base import Backend, BackendEvents, BackendUnavailable, Rejoin, RoomFull
+from app.backend.directory import RedisDirectory
 from app.backend.pipe import LOST, OrderedPipe
 from app.backend.subscriber import Subscriber
 from app.keys import Keys
@@ -45,14 +46,18 @@ def client_from_url(url: str) -> Redis:
 
 
 class RedisBackend(Backend):
-    def __init__(self, client: Redis, node_id: str, keys: Keys, node_ttl: float = 4.0) -> None:
+    def __init__(self, client: Redis, node_id: str, keys: Keys, node_ttl: float = 4.0,
+                 events_maxlen: int = 0) -> None:
         self.node_id = node_id
         self.keys = keys
+        self.directory = RedisDirectory(client, keys)
         self.reconnects = 0
         self._client = client
         self._node_ttl = node_ttl
         self._beat_every = min(1.0, node_ttl / 3)
-        self._pipe = OrderedPipe(client, self._signal_lost)
+        self._events_maxlen = events_maxlen  # 0: append no room events (nobody consumes them)
+        self._pipe = OrderedPipe(client, self._signal_lost,
+                                 on_error=lambda: self.observer.backend_error("command"))
         self._subscriber: Subscriber | None = None
         self._reader: asyncio.Task[None] | None = None
         self._channels: dict[bytes, str] = {}
@@ -102,6 +107,7 @@ class RedisBackend(Backend):
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled():
+            self.observer.backend_error(task.get_name())
             log.error("backend task died; node is not ready", task=task.get_name(),
                       error=repr(task.exception()))
             self._up = False
@@ -123,6 +129,7 @@ class RedisBackend(Backend):
 
     def _reader_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled():
+            self.observer.backend_error("pubsub")
             self._signal_lost(f"pub/sub connection: {task.exception()!r}")
 
     def _signal_lost(self, reason: str, broken: bool = True) -> None:
@@ -148,6 +155,7 @@ class RedisBackend(Backend):
             if not self._lost.is_set():
                 self._up = True
                 self.reconnects += 1
+                self.observer.backend_reconnected()
                 log.info("redis connection restored; memberships repaired")
 
     async def _recover(self) -> bool:
@@ -169,6 +177,7 @@ class RedisBackend(Backend):
             try:
                 kept = await self._beat(claim=False)
             except (RedisError, *LOST) as exc:
+                self.observer.backend_error("heartbeat")
                 self._signal_lost(f"heartbeat: {exc!r}")
                 continue
             if not kept:  # expired (this node was reaped) or Redis restarted empty
@@ -206,15 +215,16 @@ class RedisBackend(Backend):
 
     # -- membership and publishing ---------------------------------------------------------
 
-    def _room_keys(self, room: str) -> tuple[str, str, str, str]:
+    def _room_keys(self, room: str) -> tuple[str, str, str, str, str]:
         k = self.keys
-        return k.room_peers(room), k.room_conns(room), k.rooms, k.node_peers(self.node_id)
+        return (k.room_peers(room), k.room_conns(room), k.rooms, k.node_peers(self.node_id),
+                k.events)
 
     def _owner(self, conn: str) -> str:
         return f"{self.node_id}/{conn}"
 
     async def _script(self, script: scripts.Script, room: str, *args: Any) -> Any:
-        future = await self._pipe.submit("EVALSHA", script.sha, 4, *self._room_keys(room),
+        future = await self._pipe.submit("EVALSHA", script.sha, 5, *self._room_keys(room),
                                          room, *args)
         return await future
 
@@ -223,7 +233,7 @@ class RedisBackend(Backend):
     ) -> list[str]:
         members = await self._script(
             scripts.JOIN, room, peer, self._owner(conn), self.keys.room_channel(room), fresh,
-            takeover, limit, *self.keys.node_peers_parts())
+            takeover, limit, *self.keys.node_peers_parts(), self._events_maxlen)
         if members is None:
             raise RoomFull(room)
         return [m.decode() for m in members if m != peer.encode()]
@@ -232,12 +242,14 @@ class RedisBackend(Backend):
         self, room: str, peer: str, conn: str, envelope: bytes, announce_absent: bool = False
     ) -> bool:
         done = await self._script(scripts.LEAVE, room, peer, self._owner(conn),
-                                  self.keys.room_channel(room), envelope, int(announce_absent))
+                                  self.keys.room_channel(room), envelope, int(announce_absent),
+                                  self._events_maxlen)
         return bool(done)
 
     async def rejoin(self, room: str, peer: str, conn: str, envelope: bytes) -> Rejoin:
         result = await self._script(scripts.REJOIN, room, peer, self._owner(conn),
-                                    self.keys.room_channel(room), envelope)
+                                    self.keys.room_channel(room), envelope,
+                                    self._events_maxlen)
         return Rejoin(result.decode())
 
     async def sync(self, room: str) -> None:

@@ -3,6 +3,10 @@
 Publishing from inside the script is what makes a room channel a faithful log of its
 membership: every subscriber sees a join or leave exactly where it happened relative to
 relays and other joins, which is how a node decides what each of its peers was told.
+
+The same scripts append room events to a stream for the webhook worker when asked (events
+max length > 0): an event exists exactly when its membership change happened. A takeover
+(the same peer id again) changes no membership and adds no event.
 """
 
 from __future__ import annotations
@@ -23,13 +27,23 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-# KEYS: room peers set, room conns hash, rooms set, this node's peers set
+# Appends one room event to KEYS[5], trimmed near `maxlen` entries; `owner` is node/conn.
+_EVENT = """
+local function event(maxlen, kind, room, peer, owner)
+  local node = string.match(owner, '^(.*)/[^/]*$') or owner
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*',
+             'type', kind, 'room', room, 'peer', peer, 'node', node)
+end
+"""
+
+# KEYS: room peers set, room conns hash, rooms set, this node's peers set, events stream
 # ARGV: room, peer, owner (node/conn), channel, fresh envelope, takeover envelope,
-#       limit (0: none), node-peers key prefix, node-peers key suffix
+#       limit (0: none), node-peers key prefix, node-peers key suffix,
+#       events max length (0: no events)
 # Returns the members before the join (nil when the room is full).
 JOIN = Script(
     "join",
-    """
+    _EVENT + """
 local members = redis.call('SMEMBERS', KEYS[1])
 local present = redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1
 local limit = tonumber(ARGV[7])
@@ -48,47 +62,66 @@ if present then
   redis.call('PUBLISH', ARGV[4], ARGV[6])
 else
   redis.call('PUBLISH', ARGV[4], ARGV[5])
+  local maxlen = tonumber(ARGV[10] or '0')
+  if maxlen > 0 then
+    if #members == 0 then event(maxlen, 'room-started', ARGV[1], ARGV[2], ARGV[3]) end
+    event(maxlen, 'peer-joined', ARGV[1], ARGV[2], ARGV[3])
+  end
 end
 return members
 """,
 )
 
-# KEYS: room peers set, room conns hash, rooms set, the owner node's peers set
-# ARGV: room, peer, owner (node/conn), channel, leave envelope, announce if absent (0/1)
+# KEYS: room peers set, room conns hash, rooms set, the owner node's peers set, events stream
+# ARGV: room, peer, owner (node/conn), channel, leave envelope, announce if absent (0/1),
+#       events max length (0: no events)
 # Returns 1 if the leave was published: `owner` owned the membership (now removed), or
 # nobody owns it and ARGV[6] is 1. Returns 0 if another connection owns it.
 LEAVE = Script(
     "leave",
-    """
+    _EVENT + """
 local current = redis.call('HGET', KEYS[2], ARGV[2])
-if current == ARGV[3] then
+local removed = current == ARGV[3]
+if removed then
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('SREM', KEYS[1], ARGV[2])
-  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
 elseif current or ARGV[6] ~= '1' then
   return 0
 end
 redis.call('SREM', KEYS[4], ARGV[1] .. '/' .. ARGV[2])
+local empty = redis.call('EXISTS', KEYS[1]) == 0
+if empty then redis.call('SREM', KEYS[3], ARGV[1]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+local maxlen = tonumber(ARGV[7] or '0')
+if removed and maxlen > 0 then
+  event(maxlen, 'peer-left', ARGV[1], ARGV[2], ARGV[3])
+  if empty then event(maxlen, 'room-finished', ARGV[1], ARGV[2], ARGV[3]) end
+end
 return 1
 """,
 )
 
-# KEYS: room peers set, room conns hash, rooms set, this node's peers set
-# ARGV: room, peer, owner (node/conn), channel, join envelope
+# KEYS: room peers set, room conns hash, rooms set, this node's peers set, events stream
+# ARGV: room, peer, owner (node/conn), channel, join envelope, events max length
 # After an outage: re-create the membership if nobody owns it ('added', published),
 # keep it if `owner` still does ('kept'), or report that another connection took it.
 REJOIN = Script(
     "rejoin",
-    """
+    _EVENT + """
 local current = redis.call('HGET', KEYS[2], ARGV[2])
 if current and current ~= ARGV[3] then return 'taken' end
+local was_empty = redis.call('EXISTS', KEYS[1]) == 0
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1] .. '/' .. ARGV[2])
 if current then return 'kept' end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+local maxlen = tonumber(ARGV[6] or '0')
+if maxlen > 0 then
+  if was_empty then event(maxlen, 'room-started', ARGV[1], ARGV[2], ARGV[3]) end
+  event(maxlen, 'peer-joined', ARGV[1], ARGV[2], ARGV[3])
+end
 return 'added'
 """,
 )

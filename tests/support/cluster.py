@@ -67,9 +67,13 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
+ADMIN_TOKEN = "test-admin-token"  # every test node's admin API answers to this
+
+
 def node_settings(i: int, **kw: Any) -> Settings:
     base: dict[str, Any] = {"node_id": f"node{i}-{uuid.uuid4().hex[:4]}", "host": "127.0.0.1",
-                            "ws_heartbeat_seconds": 0.0, "node_ttl_seconds": 6.0}
+                            "ws_heartbeat_seconds": 0.0, "node_ttl_seconds": 6.0,
+                            "admin_token": ADMIN_TOKEN}
     base.update(kw)
     return Settings(**base)
 

@@ -1,0 +1,166 @@
+"""`python -m app.inspect`: a cluster's Redis as an operator thinks of it.
+
+    python -m app.inspect rooms          rooms with their peer counts
+    python -m app.inspect room R         room R's peers, each with its node and connection
+    python -m app.inspect nodes          nodes (alive, or dead with peers left) and peer counts
+    python -m app.inspect watch R        room R's envelopes, decoded, as they pass (Ctrl-C)
+
+`redis-cli SUBSCRIBE` shows envelopes as msgpack bytes; `watch` prints each one readably,
+with the frame JSON the receiving nodes write to their clients. REDIS_URL and KEY_PREFIX
+come from the environment or `.env`, as for a node, or from --redis-url / --prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+from dotenv import load_dotenv
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app import envelope
+from app.backend.directory import RedisDirectory
+from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay, Sync
+from app.keys import Keys
+
+
+def describe(payload: bytes, now: float | None = None) -> str:
+    """One readable line for one envelope (or for bytes that are not one)."""
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    head = stamp.strftime("%H:%M:%S.%f")[:-3]
+    try:
+        env = envelope.decode(payload)
+    except BadEnvelope as exc:
+        return f"{head} BAD    {len(payload)} bytes ({exc}): {payload[:64].hex()}"
+    if isinstance(env, Join):
+        more = " takeover" if env.takeover else ""
+        return f"{head} join   {env.peer} node={env.node} conn={env.conn}{more}"
+    if isinstance(env, Leave):
+        return f"{head} leave  {env.peer} node={env.node} conn={env.conn}"
+    if isinstance(env, Kick):
+        return (f"{head} kick   {env.peer or '(whole room)'} node={env.node} code={env.code} "
+                f"reason={env.reason!r}")
+    if isinstance(env, Sync):
+        return f"{head} sync   node={env.node} members={','.join(sorted(env.members))}"
+    age = f"{max(0.0, (now or time.time()) - env.sent) * 1000:.1f}ms"
+    frame = env.frame.decode(errors="replace")
+    if isinstance(env, Relay):
+        return f"{head} relay  -> {env.to} node={env.node} age={age} {frame}"
+    assert isinstance(env, Chat)
+    return f"{head} chat   node={env.node} age={age} {frame}"
+
+
+async def watch(client: Redis, keys: Keys, room: str, out: TextIO) -> None:
+    """Print every envelope of `room` until cancelled; says when the subscription is live."""
+    channel = keys.room_channel(room)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(channel)
+    try:
+        while True:
+            msg = await pubsub.get_message(timeout=1.0)
+            if msg is None:
+                continue
+            if msg["type"] == "subscribe":
+                print(f"watching {channel} (Ctrl-C to stop)", file=out, flush=True)
+            elif msg["type"] == "message":
+                print(describe(msg["data"]), file=out, flush=True)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def show(client: Redis, keys: Keys, what: str, room: str | None, as_json: bool,
+               out: TextIO) -> int:
+    """`rooms`, `room R` or `nodes` as a table (or JSON); 1 when a room has no peers."""
+    directory = RedisDirectory(client, keys)
+    rows: list[dict[str, Any]]
+    if what == "rooms":
+        rows = [{"room": r, "peers": n} for r, n in (await directory.rooms()).items()]
+    elif what == "room":
+        assert room is not None
+        rows = [dataclasses.asdict(p) for p in await directory.room(room)]
+    else:
+        rows = [_node_row(dataclasses.asdict(n)) for n in await directory.nodes()]
+    if as_json:
+        print(orjson.dumps(rows).decode(), file=out)
+    else:
+        _table(rows, out)
+    return 1 if what == "room" and not rows else 0
+
+
+def _node_row(node: dict[str, Any]) -> dict[str, Any]:
+    details = node.pop("details")
+    started = details.get("started")
+    when = datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds") if started else ""
+    return {**node, "host": details.get("host", ""), "pid": details.get("pid", ""),
+            "started": when}
+
+
+def _table(rows: list[dict[str, Any]], out: TextIO) -> None:
+    if not rows:
+        print("(none)", file=out)
+        return
+    cols = list(rows[0])
+    cells = [[str(row[c]).lower() if isinstance(row[c], bool) else str(row[c]) for c in cols]
+             for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    for line in [[c.upper() for c in cols], *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip(),
+              file=out)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", default=argparse.SUPPRESS, help="default: $REDIS_URL")
+    common.add_argument("--prefix", default=argparse.SUPPRESS, help="default: $KEY_PREFIX")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON instead of a table")
+    parser = argparse.ArgumentParser(prog="python -m app.inspect", parents=[common],
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("rooms", parents=[common], help="rooms and their peer counts")
+    sub.add_parser("room", parents=[common], help="a room's peers").add_argument("room")
+    sub.add_parser("nodes", parents=[common], help="nodes and their peer counts")
+    sub.add_parser("watch", parents=[common], help="decode a room's envelopes live"
+                   ).add_argument("room")
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace, out: TextIO) -> int:
+    url = getattr(args, "redis_url", None) or os.environ.get("REDIS_URL", "")
+    if not url:
+        print("no Redis: set REDIS_URL (or .env) or pass --redis-url", file=sys.stderr)
+        return 2
+    keys = Keys(getattr(args, "prefix", None) or os.environ.get("KEY_PREFIX", "sig:"))
+    client = Redis.from_url(url, decode_responses=False)
+    try:
+        if args.command == "watch":
+            await watch(client, keys, args.room, out)
+            return 0
+        return await show(client, keys, args.command, getattr(args, "room", None),
+                          getattr(args, "json", False), out)
+    except (RedisError, OSError) as exc:
+        print(f"redis at {url}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    load_dotenv(os.environ.get("ENV_FILE", ".env"), override=False)
+    args = parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(asyncio.run(run(args, sys.stdout)))
+
+
+if __name__ == "__main__":
+    main()
