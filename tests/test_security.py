@@ -17,8 +17,17 @@ from tests.support.tokens import SECRET, mint
 # -- limits ------------------------------------------------------------------------------
 
 
-async def test_flooding_peer_is_rate_limited_then_closed_with_1008(make_node: NodeFactory
-                                                                   ) -> None:
+async def metric(http: aiohttp.ClientSession, url: str, line: str) -> float:
+    """The value of one sample line of the node's /metrics (0 if absent)."""
+    async with http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    return next((float(x.rsplit(" ", 1)[1]) for x in text.splitlines()
+                 if x.startswith(line + " ")), 0.0)
+
+
+async def test_flooding_peer_is_rate_limited_then_closed_with_1008(
+    make_node: NodeFactory, http: aiohttp.ClientSession
+) -> None:
     url = await make_node(rate_limit_per_s=0.001, rate_limit_burst=3, rate_limit_strikes=3)
     watcher = await connect(url, "room", "watcher")
     flood = await connect(url, "room", "flood")
@@ -33,6 +42,7 @@ async def test_flooding_peer_is_rate_limited_then_closed_with_1008(make_node: No
     frames, code = await until_closed(flood)
     assert frames == [] and code == 1008
     assert (await watcher.next_of("peer-left")).data == "flood"
+    assert await metric(http, url, "signaling_rate_limit_closes_total") == 1
     await close_all(watcher, flood)
 
 
@@ -60,6 +70,8 @@ async def test_connections_per_client_address_are_capped_with_429(
     with pytest.raises(Refused) as refused:  # no proxy is trusted: the header changes nothing
         await connect(url, "room", "c", headers={"X-Forwarded-For": "203.0.113.9"})
     assert refused.value.status == 429
+    line = 'signaling_upgrades_refused_total{code="too-many-connections"}'
+    assert await metric(http, url, line) == 2
     await a.close()
     c = await eventually(lambda: connect(url, "room", "c"))
     await close_all(b, c)
@@ -145,7 +157,7 @@ async def test_rooms_per_node_cap_answers_503_node_full(
 async def test_cors_headers_only_for_allowed_origins(url: str, http: aiohttp.ClientSession
                                                      ) -> None:
     allowed, foreign = "http://localhost:3000", "https://evil.example"
-    for path in ("/health", "/ready"):
+    for path in ("/health", "/ready", "/metrics"):
         async with http.get(url + path, headers={"Origin": allowed}) as r:
             assert r.headers["Access-Control-Allow-Origin"] == allowed
             assert "Origin" in r.headers["Vary"]
