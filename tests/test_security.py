@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 
 from app.client import Refused, SignalingClient
 from tests.support.cluster import Cluster, NodeFactory, ServerFactory, in_process, unique
+from tests.support.nginx import NginxProcess
 from tests.support.peers import barrier, close_all, connect, eventually, refusal, until_closed
+from tests.support.procs import NodeProcess, wait_until
 from tests.support.tokens import SECRET, mint
 
 # -- limits ------------------------------------------------------------------------------
@@ -224,3 +226,51 @@ async def test_a_peer_reaches_only_its_own_room_whatever_ids_it_writes(cluster: 
     got = await barrier([alice_b, bob_b])
     assert got[alice_b] == [] and got[bob_b] == []
     await close_all(mallory, alice_a, alice_b, bob_b)
+
+
+# -- behind the real nginx ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def behind_nginx() -> Iterator[NginxProcess]:
+    """One node process behind the repository's nginx.conf, trusting it (127.0.0.1) only.
+
+    Clients connect from other loopback addresses (127.0.0.2, 127.0.0.3), so the node can
+    tell them from the proxy exactly as it would tell internet clients from nginx.
+    """
+    node = NodeProcess({"TRUSTED_PROXIES": "127.0.0.1", "MAX_CONNS_PER_IP": "1",
+                        "AUTH_SECRET": SECRET})
+    nginx = NginxProcess([node.port])
+    try:
+        node.start()
+        yield nginx.start()
+    finally:
+        nginx.cleanup()
+        node.kill()
+
+
+def from_address(ip: str) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(ip, 0)))
+
+
+async def test_behind_nginx_limits_count_the_real_client_and_tokens_stay_out_of_the_log(
+    behind_nginx: NginxProcess
+) -> None:
+    url, room = behind_nginx.url, unique("proxied")
+    async with from_address("127.0.0.2") as two, from_address("127.0.0.3") as three:
+        a = await connect(url, room, "a", session=two, token=mint(room, "a"),
+                          headers={"X-Forwarded-For": "198.51.100.1"})
+        # the same client forging another address is still the same client
+        with pytest.raises(Refused) as refused:
+            await connect(url, room, "b", session=two, token=mint(room, "b"),
+                          headers={"X-Forwarded-For": "198.51.100.2"})
+        assert refused.value.status == 429
+        c = await connect(url, room, "c", session=three, token=mint(room, "c"))
+        assert c.peers == ["a"]
+        await close_all(a, c)
+
+    def logged() -> list[str]:
+        return [e["uri"] for e in behind_nginx.access_entries() if room in e["uri"]]
+
+    await asyncio.to_thread(wait_until, lambda: len(logged()) == 3, 10, "nginx's access log")
+    assert sorted(logged()) == [f"/ws/{room}/{p}" for p in "abc"]  # no ?token=
