@@ -98,16 +98,19 @@ class SignalingClient(SendHelpers):
         *,
         session: aiohttp.ClientSession | None = None,
         headers: dict[str, str] | None = None,
+        token: str | None = None,
         timeout: float = 10.0,
     ) -> SignalingClient:
-        """Open `/ws/{room}[/{peer}]` and wait for `welcome`."""
+        """Open `/ws/{room}[/{peer}]` (with `?token=` when given) and wait for `welcome`."""
         own = session is None
         http = aiohttp.ClientSession() if session is None else session
         path = f"/ws/{room}" if peer is None else f"/ws/{room}/{peer}"
         url = base_url.rstrip("/").replace("http", "ws", 1) + path
+        params = {"token": token} if token is not None else None
         try:
-            ws = await http.ws_connect(url, headers=headers, timeout=aiohttp.ClientWSTimeout(
-                ws_receive=None, ws_close=timeout), heartbeat=None, autoping=True)
+            ws = await http.ws_connect(
+                url, headers=headers, params=params, heartbeat=None, autoping=True,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout))
             msg = await asyncio.wait_for(ws.receive(), timeout)
         except aiohttp.WSServerHandshakeError as exc:
             if own:

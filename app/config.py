@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 from dotenv import load_dotenv
 
+from app.auth import MIN_SECRET_BYTES, load_public_key
+from app.clientip import parse_networks
 from app.ids import ID_PATTERN
 
 # The original's Next.js dev server, and the demo page that a node on the default port
@@ -43,6 +45,14 @@ class Settings:
     hard_frame_bytes: int = 1048576
     rate_limit_per_s: float = 100.0
     rate_limit_burst: int = 1000
+    rate_limit_strikes: int = 100
+    max_json_depth: int = 32
+    max_conns_per_ip: int = 100
+    trusted_proxies: tuple[str, ...] = ()
+    room_max_peers: int = 100
+    max_rooms_per_node: int = 10000
+    auth_secret: str = field(default="", repr=False)
+    auth_public_key: str = ""
     send_queue_bytes: int = 1048576
     node_ttl_seconds: float = 4.0
     ws_heartbeat_seconds: float = 20.0
@@ -86,6 +96,7 @@ class Settings:
             node_ttl_seconds=r.number("NODE_TTL_SECONDS", 4.0, lo=1.0),
             ws_heartbeat_seconds=r.number("WS_HEARTBEAT_SECONDS", 20.0, lo=0.0),
             drain_seconds=r.number("DRAIN_SECONDS", 5.0, lo=0.0),
+            **_security(r),
             **_operations(r),
         )
         settings.check()
@@ -101,7 +112,38 @@ class Settings:
             raise ConfigError("KEY_PREFIX may hold only letters, digits and : . _ -")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+        _check_security(self)
         _check_operations(self)
+
+
+def _security(r: EnvReader) -> dict[str, Any]:
+    """Settings of the security controls (limits, client addresses, token auth)."""
+    return {
+        "rate_limit_strikes": r.integer("RATE_LIMIT_STRIKES", 100, lo=0),
+        "max_json_depth": r.integer("MAX_JSON_DEPTH", 32, lo=2, hi=1000),
+        "max_conns_per_ip": r.integer("MAX_CONNS_PER_IP", 100, lo=0),
+        "trusted_proxies": r.items("TRUSTED_PROXIES", ""),
+        "room_max_peers": r.integer("ROOM_MAX_PEERS", 100, lo=0),
+        "max_rooms_per_node": r.integer("MAX_ROOMS_PER_NODE", 10000, lo=0),
+        "auth_secret": r.text("AUTH_SECRET", ""),
+        "auth_public_key": r.public_key("AUTH_PUBLIC_KEY", "AUTH_PUBLIC_KEY_FILE"),
+    }
+
+
+def _check_security(s: Settings) -> None:
+    try:
+        parse_networks(s.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
+    if s.auth_secret and s.auth_public_key:
+        raise ConfigError("set AUTH_SECRET or AUTH_PUBLIC_KEY(_FILE), not both")
+    if s.auth_secret and len(s.auth_secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes (HS256)")
+    if s.auth_public_key:
+        try:
+            load_public_key(s.auth_public_key)
+        except ValueError as exc:
+            raise ConfigError(f"AUTH_PUBLIC_KEY: {exc}") from None
 
 
 def _operations(r: EnvReader) -> dict[str, Any]:
@@ -204,6 +246,20 @@ class EnvReader:
 
     def items(self, name: str, default: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self.text(name, default).split(",") if item.strip())
+
+    def public_key(self, name: str, file_name: str) -> str:
+        """PEM text from `name` (a literal `\\n` stands for a newline) or the file `file_name`."""
+        pem = self.text(name, "").replace("\\n", "\n")
+        path = self.text(file_name, "")
+        if pem and path:
+            raise ConfigError(f"set {name} or {file_name}, not both")
+        if not path:
+            return pem
+        try:
+            with open(path, encoding="ascii") as f:
+                return f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file_name}={path!r} cannot be read: {exc}") from None
 
 
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True,

@@ -9,12 +9,14 @@ An envelope is a msgpack array whose first two items are the format version and 
     [1, "k", node, peer, code, reason]     close `peer`'s connections (nil peer: everyone's)
     [1, "s", node, [peer, ...]]            the room's members at this point of the channel
 
-`frame` is binary: the exact bytes the receiving node writes to its clients. `sent` is the
+`frame` is binary: the exact bytes the receiving node writes to its clients, so it must
+be UTF-8 text of a JSON object (a browser closes the whole connection, 1007, on a text
+frame that is not UTF-8). `sent` is the
 origin node's wall clock (Unix seconds, a float) when it published: receivers measure the
 cross-node latency from it. `k` is an operator's kick (admin API): the node that holds the
 connection closes it with `code`, and its normal leave path announces `peer-left`.
-Anything that does not decode to one of these shapes raises `BadEnvelope`; the node logs
-and counts it.
+Anything that does not decode to one of these shapes, or is larger than the bounds below,
+raises `BadEnvelope`; the node logs and counts it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from app.ids import ID_PATTERN
 
 VERSION: Final = 1
 MAX_FRAME: Final = 16 * 1024 * 1024
+MAX_STR: Final = 256  # ids are at most 64 bytes, a close reason 123
 
 
 class BadEnvelope(ValueError):
@@ -119,7 +122,10 @@ def sync_prefix(node: str) -> bytes:
 def decode(payload: bytes) -> Envelope:
     """Decode and validate one envelope; raise `BadEnvelope` for anything else."""
     try:
-        items = msgpack.unpackb(payload, raw=False, use_list=True, max_bin_len=MAX_FRAME)
+        # No valid envelope has a map, an extension type or a long string: refuse them
+        # before msgpack allocates for them.
+        items = msgpack.unpackb(payload, raw=False, use_list=True, max_bin_len=MAX_FRAME,
+                                max_str_len=MAX_STR, max_map_len=0, max_ext_len=0)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise BadEnvelope(f"not msgpack: {exc}") from None
     if not isinstance(items, list) or len(items) < 3 or items[0] != VERSION:
@@ -127,9 +133,9 @@ def decode(payload: bytes) -> Envelope:
     kind, node, rest = items[1], items[2], items[3:]
     _need_id(node)
     if kind == "r" and len(rest) == 3:
-        return Relay(node, _need_id(rest[0]), _need_bytes(rest[1]), _need_time(rest[2]))
+        return Relay(node, _need_id(rest[0]), _need_frame(rest[1]), _need_time(rest[2]))
     if kind == "c" and len(rest) == 2:
-        return Chat(node, _need_bytes(rest[0]), _need_time(rest[1]))
+        return Chat(node, _need_frame(rest[0]), _need_time(rest[1]))
     if kind == "j" and len(rest) == 3 and isinstance(rest[2], bool):
         return Join(node, _need_id(rest[0]), _need_id(rest[1]), rest[2])
     if kind == "l" and len(rest) == 2:
@@ -147,9 +153,15 @@ def _need_id(value: object) -> str:
     return value
 
 
-def _need_bytes(value: object) -> bytes:
+def _need_frame(value: object) -> bytes:
     if not isinstance(value, bytes):
         raise BadEnvelope("a frame field is not binary")
+    if not (value.startswith(b"{") and value.endswith(b"}")):
+        raise BadEnvelope("a frame is not a JSON object")
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        raise BadEnvelope("a frame is not UTF-8") from None
     return value
 
 

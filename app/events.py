@@ -87,7 +87,7 @@ class Unknown:
 class Disconnected:
     """Made by ReconnectingClient: the connection closed with `code` (1006, as browsers
     say, when no close frame came: the network or the node was lost). `final`: it will
-    not reconnect (4001, 4002, 4003)."""
+    not reconnect (4001 to 4004)."""
 
     code: int | None
     reason: str

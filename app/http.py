@@ -1,18 +1,23 @@
-"""Plain HTTP endpoints (contract §4) and the JSON error body used for every refusal."""
+"""Plain HTTP endpoints (contract §4).
+
+`/health` and `/ready` reveal nothing sensitive: a status word, and the answering node's
+id in `X-Node-Id` (the id every client sees in `welcome` anyway); no other nodes, rooms,
+peers, versions or configuration. So they stay open to load balancers and, for allowed
+origins, browsers.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from app import protocol
+from app.admission import Refusal
 from app.metrics import CONTENT_TYPE
 from app.state import METRICS, SERVICE, SETTINGS
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
-    """The contract's refusal shape: `{"error": {"code", "message"}}`, never a bare close."""
-    return web.Response(status=status, body=protocol.error_body(code, message),
-                        content_type="application/json")
+    """The contract's refusal shape (see `Refusal`), for refusals outside the upgrade."""
+    return Refusal(status, code, message).response()
 
 
 async def health(request: web.Request) -> web.Response:

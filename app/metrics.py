@@ -53,6 +53,11 @@ class NodeMetrics:
         self.queue_overflows = Counter("signaling_send_queue_overflows", "Peers closed "
                                        "because their send queue overflowed.", registry=r)
         self.kicks = Counter("signaling_kicks", "Connections closed by an operator.", registry=r)
+        self.rate_limit_closes = Counter("signaling_rate_limit_closes", "Peers closed (1008) "
+                                         "for flooding past RATE_LIMIT_STRIKES.", registry=r)
+        self.refusals = Counter("signaling_upgrades_refused", "Upgrades refused before the "
+                                "WebSocket, by the code of the JSON answer.", ["code"],
+                                registry=r)
         self.redis_errors = Counter("signaling_redis_errors", "Failed Redis round trips, "
                                     "commands, heartbeats or readers.", ["where"], registry=r)
         self.redis_reconnects = Counter("signaling_redis_reconnects",

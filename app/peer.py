@@ -14,7 +14,7 @@ from collections import deque
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from app.limits import TokenBucket
+from app.limits import RateLimit
 from app.notices import Notices
 
 log = structlog.get_logger(__name__)
@@ -24,17 +24,18 @@ CLOSE_TIMEOUT = 0.5  # a client that does not take our close frame is cut off af
 
 class Peer:
     __slots__ = (
-        "_backlog", "_bytes", "_closer", "_closing", "_limit", "_queue", "_transport", "_wake",
-        "_writer", "bucket", "conn", "id", "known", "overflowed", "replaced", "room", "welcome",
-        "ws",
+        "_backlog", "_bytes", "_closer", "_closing", "_limit", "_queue", "_timer", "_transport",
+        "_wake", "_writer", "conn", "id", "known", "overflowed", "perms", "rate", "replaced",
+        "room", "welcome", "ws",
     )
 
     def __init__(self, room: str, peer_id: str, conn: str, queue_limit: int,
-                 bucket: TokenBucket) -> None:
+                 rate: RateLimit) -> None:
         self.room = room
         self.id = peer_id
         self.conn = conn
-        self.bucket = bucket
+        self.rate = rate
+        self.perms: frozenset[str] | None = None  # None: no token auth, all allowed
         self.welcome: bytes = b""
         self.replaced = False  # closed because a newer connection took this peer id
         # Peers this client has been told are present (welcome, then new-peer/peer-left).
@@ -51,6 +52,7 @@ class Peer:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing: tuple[int, str] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def send(self, frame: bytes) -> None:
         """Queue one frame (already encoded JSON). Never blocks."""
@@ -133,12 +135,20 @@ class Peer:
         if self.ws is not None:
             self._closer = asyncio.create_task(self._close_ws(self.ws, code, reason))
 
+    def close_later(self, delay: float, code: int, reason: str) -> None:
+        """Close after `delay` seconds (token expiry) unless the connection ends first."""
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, delay), self.close, code, reason)
+
     @property
     def closing(self) -> bool:
         return self._closing is not None
 
     async def stop(self) -> None:
-        """Stop the writer and any close in progress; called once the connection is over."""
+        """Stop the writer, any close in progress and any pending timer; called once the
+        connection is over."""
+        if self._timer is not None:
+            self._timer.cancel()
         for task in (self._closer, self._writer):
             if task is not None and not task.done():
                 task.cancel()

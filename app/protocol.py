@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too-large"
     RATE_LIMITED = "rate-limited"
     UNAVAILABLE = "unavailable"
+    FORBIDDEN = "forbidden"
 
 
 class FrameError(Exception):
@@ -46,14 +47,21 @@ class Inbound:
     data: Any
 
 
-def parse_frame(text: str) -> Inbound:
-    """Parse one text frame into an `Inbound`, or raise `FrameError`."""
+def parse_frame(text: str, max_depth: int = 32) -> Inbound:
+    """Parse one text frame into an `Inbound`, or raise `FrameError`.
+
+    Frames nested deeper than `max_depth` (the frame object itself is depth 1) are refused:
+    every receiving client would have to parse them too.
+    """
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise FrameError(ErrorCode.BAD_MESSAGE, f"not strict JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise FrameError(ErrorCode.BAD_MESSAGE, "a frame must be a JSON object")
+    # Fewer brackets than the limit cannot nest deeper than it: skip the walk (C-speed count).
+    if text.count("[") + text.count("{") > max_depth and depth(obj) > max_depth:
+        raise FrameError(ErrorCode.BAD_MESSAGE, f"JSON nested deeper than {max_depth} levels")
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise FrameError(ErrorCode.BAD_MESSAGE, "'type' must be a string")
@@ -61,6 +69,21 @@ def parse_frame(text: str) -> Inbound:
     if kind in RELAY_TYPES and not isinstance(to, str):
         raise FrameError(ErrorCode.BAD_MESSAGE, f"'{kind}' needs 'to', a peer id string")
     return Inbound(kind, to if isinstance(to, str) else None, obj.get("data"))
+
+
+def depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON: a scalar is 0, `{}` or `[]` is 1."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in item
+                     if isinstance(child, dict | list))
+    return deepest
 
 
 def encode(obj: Any) -> bytes:

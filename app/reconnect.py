@@ -8,15 +8,15 @@ its peer id is taken over. For bots and long-running tools.
                 case Chat(sender=sender, data=text) if sender != bot.peer:
                     await bot.chat(f"echo: {text}")
 
-It reconnects after any close but 4001, 4002 and 4003 (1001: the node drains; no close
+It reconnects after any close but 4001 to 4004 (1001: the node drains; 1006, no close
 frame: the network or the node was lost) and after refusals that may pass (409 room full,
 429, 5xx), under the same peer id, with capped exponential backoff and jitter, trying the
 next URL each time (or the same one, behind a load balancer). The room sees the peer leave
 and join again, so a bot should treat every `Welcome` as a fresh start (`rejoined` says it
 is one). 4001 means the same peer id connected elsewhere: the newer connection wins, and
-fighting it back would bounce both for ever, so it ends; so do an operator's kick (4002)
-and room close (4003). A refusal that cannot pass (400 bad id, 401 token, 403 origin)
-raises `Refused`.
+fighting it back would bounce both for ever, so it ends; so do an operator's kick (4002),
+room close (4003) and an expired token (4004: make a new client with a new token). A
+refusal that cannot pass (400 bad id, 401 token, 403 origin) raises `Refused`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import aiohttp
 from app.client import Closed, Refused, SendHelpers, SignalingClient
 from app.events import Disconnected, Event
 
-STOP_CODES = frozenset({4001, 4002, 4003})
+STOP_CODES = frozenset({4001, 4002, 4003, 4004})
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 
 
@@ -75,7 +75,7 @@ class ReconnectingClient(SendHelpers):
         self.peer = peer  # None: the first node picks one, and it is kept from then on
         self.backoff = backoff or Backoff()
         self.client: SignalingClient | None = None
-        self.stopped: Disconnected | None = None  # why it ended (4001, 4002, 4003)
+        self.stopped: Disconnected | None = None  # why it ended (4001 to 4004)
         self.connects = 0
         self.last_error: BaseException | None = None  # of the latest failed attempt
         self._session = session

@@ -52,7 +52,7 @@ class Repair:
     async def run(self) -> None:
         service = self._service
         held = [(local, peer) for local in list(service.rooms.values())
-                for peer in list(local.active.values())]
+                for peer in self._connected(local)]
         results = await asyncio.gather(*(self._rejoin(local, peer) for local, peer in held))
         pending, self._pending_leaves = self._pending_leaves, {}
         try:
@@ -80,6 +80,18 @@ class Repair:
             except BackendUnavailable:
                 return  # lost again: the next recovery schedules another pass
         log.info("rooms re-synchronised", rooms=len(rooms))
+
+    @staticmethod
+    def _connected(local: LocalRoom) -> list[Peer]:
+        """Clients whose join completed, active or not: a join envelope lost with the
+        connection to Redis would otherwise leave its client connected but deaf."""
+        peers = []
+        for peer in list(local.conns.values()):
+            if peer.closing or peer.known is None:
+                continue
+            if local.active.setdefault(peer.id, peer) is peer:
+                peers.append(peer)
+        return peers
 
     async def _rejoin(self, local: LocalRoom, peer: Peer) -> Rejoin:
         service = self._service

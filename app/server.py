@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from app import admin, http, page, ws
+from app import admin, headers, http, page, ws
+from app.admission import Gate
 from app.backend import Backend, create_backend
 from app.config import Settings
 from app.metrics import NodeMetrics
 from app.service import CLOSE_GOING_AWAY, SignalingService
-from app.state import METRICS, SERVICE, SETTINGS
+from app.state import GATE, METRICS, SERVICE, SETTINGS
 
 log = structlog.get_logger(__name__)
 
@@ -31,12 +32,16 @@ def create_app(
     app = web.Application()
     app[SETTINGS] = settings
     app[METRICS] = metrics = NodeMetrics(settings.node_id)
+    app[GATE] = Gate(settings)
+    headers.install(app, settings.allowed_origins)
     app.router.add_get("/health", http.health)
     app.router.add_get("/ready", http.ready)
     app.router.add_get("/metrics", http.metrics)
     admin.add_routes(app, settings.admin_token)
-    app.router.add_get("/ws/{room}", ws.websocket)
-    app.router.add_get("/ws/{room}/{peer}", ws.websocket)
+    # [^/]+ rather than aiohttp's default [^{}/]+: a brace in an id is then a bad id (400
+    # bad-room/bad-peer), like any other character outside the id pattern.
+    app.router.add_get("/ws/{room:[^/]+}", ws.websocket)
+    app.router.add_get("/ws/{room:[^/]+}/{peer:[^/]+}", ws.websocket)
     app.router.add_route("*", "/ws/{tail:.*}", http.not_found_ws)
     app.router.add_route("*", "/ws", http.not_found_ws)
     page.add_routes(app)

@@ -21,12 +21,13 @@ from typing import Any
 import structlog
 
 from app import envelope, protocol
+from app.auth import PERM_CHAT
 from app.backend import Backend, BackendUnavailable
 from app.config import Settings
 from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay, Sync
 from app.ice import IceServers
 from app.ids import is_valid_peer, new_conn_id
-from app.limits import TokenBucket
+from app.limits import RateLimit, Verdict
 from app.metrics import OK, NodeMetrics
 from app.peer import Peer
 from app.protocol import ErrorCode, FrameError
@@ -36,9 +37,15 @@ from app.rooms import LocalRoom
 log = structlog.get_logger(__name__)
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
 CLOSE_KICKED = 4002  # an operator kicked the peer (admin API)
 CLOSE_ROOM_CLOSED = 4003  # an operator closed the room (admin API)
+CLOSE_TOKEN_EXPIRED = 4004  # the peer's token expired (token auth): reconnect with a new one
 _KIND: dict[type, str] = {Join: "j", Leave: "l", Relay: "r", Chat: "c", Kick: "k", Sync: "s"}
+
+
+class NodeFull(Exception):
+    """This node already hosts MAX_ROOMS_PER_NODE rooms; another node may take the peer."""
 
 
 class SignalingService:
@@ -67,16 +74,19 @@ class SignalingService:
 
     # -- joining and leaving -------------------------------------------------------------
 
-    async def join(self, room: str, peer_id: str) -> Peer:
+    async def join(self, room: str, peer_id: str, perms: frozenset[str] | None = None) -> Peer:
         """Add a peer to the room (before the upgrade, so refusals are plain HTTP).
 
-        Raises `BackendUnavailable` or `RoomFull`; nothing is left behind then.
+        `perms` None means no token auth: everything is allowed. Raises
+        `BackendUnavailable`, `RoomFull` or `NodeFull`; nothing is left behind then.
         """
         local, peer = await self._add_local(room, peer_id)
+        peer.perms = perms
         try:
             fresh = envelope.join(self.node_id, peer_id, peer.conn, False)
             takeover = envelope.join(self.node_id, peer_id, peer.conn, True)
-            others = await self.backend.join(room, peer_id, peer.conn, fresh, takeover)
+            others = await self.backend.join(room, peer_id, peer.conn, fresh, takeover,
+                                             limit=self.settings.room_max_peers)
         except BaseException:
             if local.active.get(peer_id) is peer:  # its join envelope came back: undo that
                 del local.active[peer_id]
@@ -120,8 +130,7 @@ class SignalingService:
     async def _add_local(self, room: str, peer_id: str) -> tuple[LocalRoom, Peer]:
         """Register a connection, subscribing first if it is the room's first here."""
         while True:
-            local = self.rooms.setdefault(room, LocalRoom(room))
-            self._no_rooms.clear()
+            local = self.rooms.get(room) or self._new_room(room)
             async with local.lock:
                 if self.rooms.get(room) is not local:
                     continue  # the last peer left and the room was dropped while we waited
@@ -147,6 +156,14 @@ class SignalingService:
                 await self.backend.unsubscribe(local.name)
             self._forget_if_empty(local)
 
+    def _new_room(self, room: str) -> LocalRoom:
+        limit = self.settings.max_rooms_per_node
+        if limit and len(self.rooms) >= limit:
+            raise NodeFull(f"this node already hosts {limit} rooms")
+        local = self.rooms[room] = LocalRoom(room)
+        self._no_rooms.clear()
+        return local
+
     def _forget_if_empty(self, local: LocalRoom) -> None:
         if not local.conns and self.rooms.get(local.name) is local:
             del self.rooms[local.name]
@@ -155,8 +172,8 @@ class SignalingService:
 
     def _new_peer(self, room: str, peer_id: str) -> Peer:
         s = self.settings
-        bucket = TokenBucket(s.rate_limit_per_s, s.rate_limit_burst)
-        return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, bucket)
+        rate = RateLimit(s.rate_limit_per_s, s.rate_limit_burst, s.rate_limit_strikes)
+        return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, rate)
 
     def peers(self) -> list[Peer]:
         return [peer for local in self.rooms.values() for peer in local.conns.values()]
@@ -193,19 +210,22 @@ class SignalingService:
 
     async def handle_text(self, peer: Peer, text: str) -> None:
         """One text frame from `peer`: answer it, or hand it to the backend in order."""
+        if not self._within_rate(peer):
+            return None
         limit = self.settings.max_frame_bytes
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
             return self._refuse(peer, ErrorCode.TOO_LARGE, f"frame exceeds {limit} bytes")
-        if not peer.bucket.take():
-            return self._refuse(peer, ErrorCode.RATE_LIMITED, "too many frames, slow down")
         try:
-            msg = protocol.parse_frame(text)
+            msg = protocol.parse_frame(text, self.settings.max_json_depth)
         except FrameError as exc:
             return self._refuse(peer, exc.code, exc.message)
         if msg.type in protocol.RELAY_TYPES:
             assert msg.to is not None
             await self._relay(peer, msg.type, msg.to, msg.data)
         elif msg.type == "chat":
+            if peer.perms is not None and PERM_CHAT not in peer.perms:
+                return self._refuse(peer, ErrorCode.FORBIDDEN, "your token does not allow chat",
+                                    "chat")
             await self._chat(peer, protocol.chat_frame(peer.room, peer.id, msg.data))
         elif msg.type == "ping":
             peer.send(protocol.PONG)
@@ -215,8 +235,23 @@ class SignalingService:
                          "other")
 
     def handle_binary(self, peer: Peer) -> None:
-        self._refuse(peer, ErrorCode.BAD_MESSAGE, "binary frames are not accepted; send JSON text",
-                     "binary")
+        if self._within_rate(peer):
+            self._refuse(peer, ErrorCode.BAD_MESSAGE,
+                         "binary frames are not accepted; send JSON text", "binary")
+
+    def _within_rate(self, peer: Peer) -> bool:
+        """Every frame counts, bad ones too; past RATE_LIMIT_STRIKES the peer is closed."""
+        verdict = peer.rate.check()
+        if verdict is Verdict.PASS:
+            return True
+        if verdict is Verdict.CLOSE:
+            if not peer.closing:
+                self.metrics.rate_limit_closes.inc()
+                log.info("closing flooding peer", room=peer.room, peer=peer.id)
+                peer.close(CLOSE_POLICY, "rate limit exceeded")
+        else:
+            self._refuse(peer, ErrorCode.RATE_LIMITED, "too many frames, slow down")
+        return False
 
     async def _relay(self, peer: Peer, kind: str, to: str, data: Any) -> None:
         if not is_valid_peer(to):

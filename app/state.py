@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from app.admission import Gate
 from app.config import Settings
 from app.metrics import NodeMetrics
 from app.service import SignalingService
@@ -11,3 +12,4 @@ from app.service import SignalingService
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", SignalingService)
 METRICS = web.AppKey("metrics", NodeMetrics)
+GATE = web.AppKey("gate", Gate)

@@ -2,14 +2,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from app.backend.redis import client_from_url
 from app.keys import Keys
-from tests.support.cluster import ADMIN_TOKEN, Cluster, in_process, unique
+from app.server import create_app
+from tests.support.cluster import (
+    ADMIN_TOKEN,
+    Cluster,
+    NodeFactory,
+    in_process,
+    node_settings,
+    unique,
+)
 from tests.support.procs import NodeProcess, RedisServer, wait_until
 
 IN_PROCESS = ("memory", "fakeredis", "redis")
@@ -77,3 +87,24 @@ async def cluster(request: pytest.FixtureRequest, start_server: StartServer
 @pytest.fixture
 def room() -> str:
     return unique("room")
+
+
+@pytest.fixture
+async def make_node(start_server: StartServer) -> NodeFactory:
+    """One in-process node on the memory backend with the given settings; returns its URL."""
+    async def make(**settings: Any) -> str:
+        server = await start_server(create_app(node_settings(0, **settings)))
+        return str(server.make_url("")).rstrip("/")
+
+    return make
+
+
+@pytest.fixture
+async def url(make_node: NodeFactory) -> str:
+    return await make_node()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -14,7 +14,7 @@ import pytest
 
 from app.client import Closed, Refused, SignalingClient
 from tests.support.cluster import Cluster, publish_raw, unique
-from tests.support.peers import barrier, summary
+from tests.support.peers import barrier, close_all, summary
 
 
 async def join(c: Cluster, node: int, room: str, peer: str | None = None) -> SignalingClient:
@@ -27,11 +27,6 @@ async def pair(c: Cluster, room: str) -> tuple[SignalingClient, SignalingClient]
     b = await join(c, 1, room, "bob")
     await barrier([a, b])
     return a, b
-
-
-async def close_all(*clients: SignalingClient) -> None:
-    for client in clients:
-        await client.close()
 
 
 async def test_welcome_lists_peers_already_there_and_others_hear_new_peer(
@@ -172,13 +167,13 @@ async def test_peer_left_is_announced_once_and_the_room_leaves_nothing(
     assert state == {"peers": [], "conns": {}, "listed": False, "subscribers": 0, "keys": []}
 
 
-async def test_takeover_across_nodes_keeps_one_membership_and_the_newer_connection(
-    cluster: Cluster, room: str
-) -> None:
-    a = await join(cluster, 0, room, "alice")
+async def take_over(cluster: Cluster, room: str, alice_on: int, new_on: int
+                    ) -> tuple[SignalingClient, SignalingClient, SignalingClient]:
+    """alice, and pat on node 0 replaced by a second pat on `new_on`: checks what all see."""
+    a = await join(cluster, alice_on, room, "alice")
     old = await join(cluster, 0, room, "pat")
     await barrier([a, old])
-    new = await join(cluster, 1, room, "pat")
+    new = await join(cluster, new_on, room, "pat")
     assert new.peers == ["alice"]
     with pytest.raises(Closed) as closed:
         while True:
@@ -187,6 +182,13 @@ async def test_takeover_across_nodes_keeps_one_membership_and_the_newer_connecti
     got = await barrier([a, new], via=a)
     assert summary(got[a]) == [("peer-left", "pat"), ("new-peer", "pat")]
     assert got[new] == []
+    return a, old, new
+
+
+async def test_takeover_across_nodes_keeps_one_membership_and_the_newer_connection(
+    cluster: Cluster, room: str
+) -> None:
+    a, old, new = await take_over(cluster, room, alice_on=0, new_on=1)
     state = await cluster.room_state(room)
     assert state["peers"] == ["alice", "pat"]
     assert state["conns"]["pat"].startswith(f"{new.node}/")
@@ -204,16 +206,7 @@ async def test_takeover_across_nodes_keeps_one_membership_and_the_newer_connecti
 
 
 async def test_takeover_on_the_same_node(cluster: Cluster, room: str) -> None:
-    a = await join(cluster, 1, room, "alice")
-    old = await join(cluster, 0, room, "pat")
-    await barrier([a, old])
-    new = await join(cluster, 0, room, "pat")
-    with pytest.raises(Closed) as closed:
-        while True:
-            await old.recv()
-    assert closed.value.code == 4001
-    got = await barrier([a, new], via=a)
-    assert summary(got[a]) == [("peer-left", "pat"), ("new-peer", "pat")]
+    a, old, new = await take_over(cluster, room, alice_on=1, new_on=0)
     await new.chat("hi")
     assert (await a.recv()).data == "hi"
     await close_all(a, new, old)

@@ -32,14 +32,8 @@ K8S_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
 
 # Set in the deployment files ahead of the code that reads them; the lead removes each
 # entry when its issue is merged (the test then checks the real name).
-NOT_YET_READ = {
-    "TRUSTED_PROXIES": "implemented by issue 5",
-}
-NOT_YET_MODULES: dict[str, str] = {}
-
-
 def known_variables() -> set[str]:
-    return read_variables() | set(NOT_YET_READ)
+    return read_variables()
 
 
 def compose() -> dict[str, Any]:
@@ -58,7 +52,7 @@ def check_command(argv: list[str]) -> None:
     """`python -m MODULE` names a module that exists (or is announced)."""
     assert argv[:2] == ["python", "-m"], argv
     module = argv[2]
-    assert module in NOT_YET_MODULES or importlib.util.find_spec(module) is not None, module
+    assert importlib.util.find_spec(module) is not None, module
 
 
 # --- docker compose ----------------------------------------------------------------------

@@ -3,47 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
 from app.client import Closed, Refused, SignalingClient
-from app.server import create_app
-from tests.support.cluster import node_settings
-from tests.support.peers import barrier
-
-UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade",
-           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
-NodeFactory = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def make_node(start_server: Any) -> NodeFactory:
-    async def make(**settings: Any) -> str:
-        server = await start_server(create_app(node_settings(0, **settings)))
-        return str(server.make_url("")).rstrip("/")
-
-    return make
-
-
-@pytest.fixture
-async def url(make_node: NodeFactory) -> str:
-    return await make_node()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def refusal(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
-                  ) -> tuple[int, Any]:
-    async with http.get(url, headers={**UPGRADE, **(headers or {})}) as r:
-        return r.status, await r.json()
+from tests.support.cluster import NodeFactory
+from tests.support.peers import barrier, refusal
 
 
 async def test_health_and_ready(url: str, http: aiohttp.ClientSession) -> None:

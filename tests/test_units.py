@@ -1,18 +1,21 @@
-"""Small pure pieces: envelope codec, configuration, ids, token bucket."""
+"""Small pure pieces: envelope codec, configuration, ids, rate limits, client addresses."""
 
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import msgpack
 import pytest
 
-from app import envelope
+from app import envelope, limits
+from app.clientip import client_ip, limit_key, parse_networks
 from app.config import ConfigError, Settings
 from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay
 from app.ids import is_valid_id, is_valid_peer, new_peer_id
 from app.keys import Keys
-from app.limits import TokenBucket
+from app.limits import RateLimit, TokenBucket, Verdict
+from app.protocol import depth
 
 
 def test_envelopes_round_trip_and_frames_stay_binary() -> None:
@@ -40,6 +43,9 @@ def test_relays_and_chats_carry_the_origin_wall_clock() -> None:
     [1, "r", "n1", "bob", b"{}"], [1, "k", "n1", "bob", 4002], [1, "k", "n1", "bad id", 4002, ""],
     [1, "k", "n1", None, 99, ""], [1, "k", "n1", None, True, ""], [1, "k", "n1", None, 4002, 7],
     [1, "k", "n1", None, 4002, "x" * 124],
+    [1, "c", "n1", b"[1]", 1.0], [1, "c", "n1", b'{"a":"\xff"}', 1.0],
+    [1, "r", "n1", "b", b"", 1.0], [1, "c", "n1", b"{}", *range(10)],
+    [1, "c", "n" * 300, b"{}", 1.0], [1, "c", "n1", {"x": 1}, 1.0],
 ])
 def test_envelopes_of_the_wrong_shape_are_refused(items: object) -> None:
     with pytest.raises(BadEnvelope):
@@ -105,3 +111,57 @@ def test_token_bucket_allows_burst_then_refuses() -> None:
     bucket = TokenBucket(rate=0.001, burst=2)
     assert [bucket.take() for _ in range(3)] == [True, True, False]
     assert all(TokenBucket(0, 1).take() for _ in range(100))
+
+
+def test_rate_limit_strikes_build_up_while_flooding_and_wear_off_when_calm(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [0.0]
+    monkeypatch.setattr(limits, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    rl = RateLimit(rate=1.0, burst=1, strikes=3)
+    P, R, C = Verdict.PASS, Verdict.REFUSE, Verdict.CLOSE
+    assert [rl.check() for _ in range(3)] == [P, R, R]  # two strikes
+    now[0] += 1.0
+    assert rl.check() is P  # an accepted frame takes one strike away
+    assert [rl.check() for _ in range(2)] == [R, C]
+    never = RateLimit(rate=1.0, burst=1, strikes=0)
+    assert {never.check() for _ in range(100)} == {P, R}
+
+
+def test_json_depth() -> None:
+    assert depth(1) == 0 and depth({}) == 1 and depth([[], {"a": [1]}]) == 3
+    deep: list[object] = []
+    for _ in range(500):
+        deep = [deep]
+    assert depth(deep) == 501
+
+
+TRUSTED = parse_networks(["10.0.0.0/8", "127.0.0.1", "fd00::/8"])
+
+
+@pytest.mark.parametrize(("peer", "xff", "client"), [
+    ("203.0.113.5", ["1.2.3.4"], "203.0.113.5"),  # untrusted peer: header ignored
+    ("127.0.0.1", [], "127.0.0.1"),  # trusted, no header: the proxy itself
+    ("127.0.0.1", ["1.2.3.4"], "1.2.3.4"),
+    ("127.0.0.1", ["9.9.9.9, 1.2.3.4"], "1.2.3.4"),  # the forged left part is skipped
+    ("127.0.0.1", ["1.2.3.4, 10.0.0.7"], "1.2.3.4"),  # a second trusted hop
+    ("127.0.0.1", ["1.2.3.4", "10.0.0.7"], "1.2.3.4"),  # several header lines
+    ("127.0.0.1", ["10.0.0.8, 10.0.0.7"], "10.0.0.8"),  # all trusted: the farthest
+    ("127.0.0.1", ["1.2.3.4, garbage"], "127.0.0.1"),  # unreadable: stop at what we saw
+    ("127.0.0.1", [" 2001:db8::1 "], "2001:db8::1"),
+    ("::ffff:127.0.0.1", ["1.2.3.4"], "1.2.3.4"),  # IPv4-mapped peer address
+    ("fd00::1", ["::ffff:1.2.3.4"], "1.2.3.4"),
+    (None, ["1.2.3.4"], "unknown"),  # no address (a unix socket)
+])
+def test_client_ip_believes_forwarded_for_only_through_trusted_hops(
+    peer: str | None, xff: list[str], client: str
+) -> None:
+    assert client_ip(peer, xff, TRUSTED) == client
+
+
+def test_limits_count_ipv6_clients_per_64() -> None:
+    assert limit_key("2001:db8:1:2:aaaa::1") == limit_key("2001:db8:1:2:bbbb::2")
+    assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")
+    assert limit_key("1.2.3.4") == "1.2.3.4"
+    with pytest.raises(ValueError, match="nginx"):
+        parse_networks(["nginx"])

@@ -25,10 +25,21 @@ function roomFromUrl() {
   return room;
 }
 
-// ?peer= names this tab; otherwise a random id kept for the tab's life (sessionStorage), so
-// a reload comes back as the same peer.
-function peerFromUrl() {
-  const wanted = new URL(location.href).searchParams.get("peer");
+// The peer id a token was issued for (its `sub`; the node checks the signature).
+function tokenSubject(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload)).sub ?? null;
+  } catch {
+    return null;
+  }
+}
+
+// ?peer= names this tab, and a token's subject must be its peer id; otherwise a random id
+// kept for the tab's life (sessionStorage), so a reload comes back as the same peer.
+function peerFromUrl(token) {
+  const wanted = new URL(location.href).searchParams.get("peer") ||
+    (token && tokenSubject(token));
   if (wanted && ID.test(wanted) && wanted !== "server") return wanted;
   let peer = sessionStorage.getItem("signaling-peer");
   if (!peer || !ID.test(peer)) {
@@ -149,8 +160,8 @@ function wire(demo, signaling, mesh) {
 
 async function main() {
   const room = roomFromUrl();
-  const peer = peerFromUrl();
   const token = new URL(location.href).searchParams.get("token");
+  const peer = peerFromUrl(token);
   const demo = { room, peer, node: null, pageNode: pageNode(), status: "starting",
                  welcomes: 0, closes: [], chat: [] };
   window.demo = demo;

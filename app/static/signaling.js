@@ -7,13 +7,14 @@
 // Reconnects: after a 1001 close (the node drains: another node takes us), a network loss
 // or a refused upgrade, with exponential backoff and jitter, under the same peer id so the
 // room sees the same peer come back. Never after 4001 (this peer id connected again, in
-// another tab: the newer one wins and we must not fight it), 4002 (kicked) or 4003 (room
-// closed by an operator).
+// another tab: the newer one wins and we must not fight it), 4002 (kicked), 4003 (room
+// closed by an operator) or 4004 (the token expired: the same token cannot get back in).
 
 const FINAL_CODES = new Map([
   [4001, "this peer id connected again elsewhere (another tab?)"],
   [4002, "removed by an operator"],
   [4003, "the room was closed by an operator"],
+  [4004, "the token expired: open the page again with a new one"],
 ]);
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 10000;

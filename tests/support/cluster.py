@@ -26,6 +26,7 @@ from app.keys import Keys
 from app.server import create_app
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+NodeFactory = Callable[..., Awaitable[str]]  # the `make_node` fixture: settings -> node URL
 
 
 @dataclass
@@ -111,12 +112,13 @@ async def in_process(kind: str, n: int, start: ServerFactory, redis_url: str | N
         settings = {"redis_url": redis_url, **settings}
     else:
         raise ValueError(kind)
-    urls = []
+    urls, apps = [], []
     for i in range(n):
         app = create_app(node_settings(i, key_prefix=prefix, **settings), factory)
         server = await start(app)
         urls.append(str(server.make_url("")).rstrip("/"))
-    return Cluster(kind, urls, keys, redis=redis, hub=hub)
+        apps.append(app)
+    return Cluster(kind, urls, keys, redis=redis, hub=hub, extra={"apps": apps})
 
 
 async def publish_raw(c: Cluster, room: str, payload: bytes) -> None:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from app.client import Frame, SignalingClient
+import aiohttp
+
+from app.client import Closed, Frame, Refused, SignalingClient
+
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
 
 
 async def barrier(clients: Sequence[SignalingClient], via: SignalingClient | None = None,
@@ -32,3 +39,46 @@ async def barrier(clients: Sequence[SignalingClient], via: SignalingClient | Non
 
 def summary(frames: Sequence[Frame]) -> list[tuple[str, object]]:
     return [(f.type, f.data) for f in frames]
+
+
+async def refusal(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+                  ) -> tuple[int, Any]:
+    """Status and JSON body of an upgrade request the node is expected to refuse."""
+    async with http.get(url, headers={**UPGRADE, **(headers or {})}) as r:
+        return r.status, await r.json()
+
+
+async def connect(url: str, room: str, peer: str | None, **kw: Any) -> SignalingClient:
+    return await SignalingClient.connect(url, room, peer, **kw)
+
+
+async def close_all(*clients: SignalingClient) -> None:
+    for client in clients:
+        await client.close()
+
+
+async def eventually(attempt: Callable[[], Awaitable[SignalingClient]],
+                     timeout: float = 5) -> SignalingClient:
+    """Retry a refused connect until the node has released what a closed peer held.
+
+    The node's handler finishes a little after the client's close returns, and nothing
+    tells the client when, so this polls (briefly) instead of awaiting an event.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                return await attempt()
+            except Refused:
+                await asyncio.sleep(0.02)
+
+
+async def until_closed(client: SignalingClient, timeout: float = 5) -> tuple[list[Frame], int]:
+    """Every frame up to the node's close, and the close code."""
+    frames = []
+    async with asyncio.timeout(timeout):
+        try:
+            while True:
+                frames.append(await client.recv(timeout=None))
+        except Closed as closed:
+            assert closed.code is not None
+            return frames, closed.code
