@@ -23,6 +23,7 @@ from tests.support.browser import CHROMIUM_FLAGS, chromium_binary
 from tests.support.cluster import unique
 from tests.support.nginx import NginxProcess
 from tests.support.procs import ROOT, NodeProcess, RedisServer, wait_until
+from tests.support.tokens import SECRET, mint
 
 pytestmark = pytest.mark.integration
 
@@ -316,3 +317,25 @@ def test_a_page_whose_peer_id_opens_in_another_tab_steps_aside(
     for page in (newer, b):
         wait_connected(page, 1)
     assert b.evaluate("[...demo.mesh.links.keys()]") == [peer_of(a)]
+
+
+@pytest.fixture
+def token_node() -> Iterator[NodeProcess]:
+    """One node (embedded backend) with token auth on, serving the page itself."""
+    node = NodeProcess({"NODE_ID": "tok", "REDIS_URL": "", "AUTH_SECRET": SECRET})
+    node.env["ALLOWED_ORIGINS"] = node.url
+    try:
+        yield node.start()
+    finally:
+        node.kill()
+
+
+def test_with_token_auth_the_page_joins_as_its_tokens_subject(
+    token_node: NodeProcess, browser: Browser, pages: list[Page],
+) -> None:
+    room = unique("tok")
+    a, b = (join(browser, pages, f"{token_node.url}/?room={room}&token={mint(room, peer)}")
+            for peer in ("alice", "bob"))
+    assert (peer_of(a), peer_of(b)) == ("alice", "bob")
+    for page in (a, b):
+        wait_connected(page, 1)
