@@ -34,17 +34,24 @@ ALL_CONNECTED = """(n) => {
   const links = [...(window.demo?.mesh?.links.values() ?? [])];
   return links.length === n && links.every((l) => l.state === "connected");
 }"""
-# Video frames each remote stream has decoded, per peer (inbound-rtp stats of the link).
-FRAMES_DECODED = """async () => {
-  const out = {};
-  for (const [peer, link] of demo.mesh.links) {
-    const stats = await link.pc.getStats();
-    out[peer] = 0;
-    stats.forEach((r) => {
-      if (r.type === "inbound-rtp" && r.kind === "video") out[peer] += r.framesDecoded ?? 0;
-    });
+# Video frames decoded from each peer (inbound-rtp stats of its link), polled in the page
+# until every peer's count is above zero or `ms` have passed; the last counts are returned.
+# (wait_for_function cannot take an async predicate: it would see a Promise, always truthy.)
+FRAMES_DECODED = """async (ms) => {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const out = {};
+    for (const [peer, link] of demo.mesh.links) {
+      const stats = await link.pc.getStats();
+      out[peer] = 0;
+      stats.forEach((r) => {
+        if (r.type === "inbound-rtp" && r.kind === "video") out[peer] += r.framesDecoded ?? 0;
+      });
+    }
+    const counts = Object.values(out);
+    if ((counts.length && counts.every((n) => n > 0)) || Date.now() > deadline) return out;
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  return out;
 }"""
 CONSOLE: dict[Page, list[str]] = {}  # each page's console lines, for failure messages
 LINK_SERIALS = "() => Object.fromEntries([...demo.mesh.links].map(([p, l]) => [p, l.serial]))"
@@ -159,6 +166,11 @@ def wait_connected(page: Page, links: int) -> None:
                              f"console {CONSOLE.get(page)}") from None
 
 
+def assert_video_decoded(page: Page, links: int) -> None:
+    frames = page.evaluate(FRAMES_DECODED, WAIT_MS)
+    assert len(frames) == links and all(n > 0 for n in frames.values()), frames
+
+
 def states(page: Page) -> object:
     return page.evaluate("Object.fromEntries([...demo.mesh.links].map(([p, l]) => "
                          "[p, [l.state, l.pc.signalingState, l.pc.iceConnectionState]]))")
@@ -175,8 +187,7 @@ def test_two_pages_on_different_nodes_call_each_other_and_chat(
     assert page_node_is_shown(a)
     for page in (a, b):
         wait_connected(page, 1)
-        page.wait_for_function(f"async () => Object.values(await ({FRAMES_DECODED})())"
-                               ".every((n) => n > 0)", timeout=WAIT_MS)
+        assert_video_decoded(page, links=1)
     a.fill("#chat-input", "hello from a")
     a.click("#chat-form button")
     line = {"from": peer_of(a), "text": "hello from a"}
@@ -269,8 +280,7 @@ def test_four_pages_form_a_full_mesh_that_recovers_when_one_reloads(
         if page is not reloaded:
             assert {p: s for p, s in now.items() if p != peers[1]} == \
                 {p: s for p, s in old.items() if p != peers[1]}
-    reloaded.wait_for_function(f"async () => Object.values(await ({FRAMES_DECODED})())"
-                               ".every((n) => n > 0)", timeout=WAIT_MS)
+    assert_video_decoded(reloaded, links=3)
 
 
 def wait_rejoined(page: Page, welcomes: int) -> None:
