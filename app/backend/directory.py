@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from app.keys import Keys
 
@@ -54,7 +55,7 @@ class Directory(ABC):
 
 
 class RedisDirectory(Directory):
-    def __init__(self, client: Redis, keys: Keys) -> None:
+    def __init__(self, client: Redis | RedisCluster, keys: Keys) -> None:
         self._client = client
         self._keys = keys
 
