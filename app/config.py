@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from dotenv import load_dotenv
 
 from app.ids import ID_PATTERN
+from app.redisurl import BadRedisUrl, parse_redis_url
 
 
 class ConfigError(ValueError):
@@ -95,8 +96,11 @@ class Settings:
             raise ConfigError("HARD_FRAME_BYTES must be at least MAX_FRAME_BYTES")
         if not re.fullmatch(r"[A-Za-z0-9:._-]*", self.key_prefix):
             raise ConfigError("KEY_PREFIX may hold only letters, digits and : . _ -")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.redis_url:
+            try:
+                parse_redis_url(self.redis_url)
+            except BadRedisUrl as exc:
+                raise ConfigError(str(exc)) from None
         _check_operations(self)
 
 

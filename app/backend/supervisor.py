@@ -114,11 +114,12 @@ class SupervisedBackend(Backend):
                       error=repr(task.exception()))
             self._up = False
 
-    def _read(self, subscriber: Subscriber, name: str) -> None:
+    def _read(self, subscriber: Subscriber, name: str) -> asyncio.Task[None]:
         """Run a pub/sub reader; its end (other than cancellation) is a loss."""
         task = asyncio.create_task(subscriber.run(), name=name)
         task.add_done_callback(self._reader_done)
         self._readers.add(task)
+        return task
 
     def _reader_done(self, task: asyncio.Task[None]) -> None:
         self._readers.discard(task)
