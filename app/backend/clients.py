@@ -5,9 +5,10 @@ Two kinds of client:
   retry after a lost reply could publish twice. One Redis, or the master that Sentinel
   names (a connection looks the master up again each time it connects, so after a
   failover the node's reconnects land on the new master);
-- plain: for reads, the heartbeat, workers and tools, where a retry is harmless. For a
-  cluster this is redis-py's `RedisCluster`, which routes each command to the master of
-  its key's slot and follows MOVED; SCAN runs on every master.
+- plain: for reads, the heartbeat, workers and tools. For a cluster this is redis-py's
+  `RedisCluster`, which routes each command to the master of its key's slot and follows
+  MOVED (but does not retry a lost reply: the reaper writes through it); SCAN runs on
+  every master.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def shard_client(host: str, port: int, target: RedisTarget) -> Redis:
 
 
 def cluster_client(target: RedisTarget) -> RedisCluster:
+    """Follows MOVED/ASK (the command did not run), never retries a lost reply."""
     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
                         protocol=2, decode_responses=False, username=target.username,
-                        password=target.password, ssl=target.tls, **TIMEOUTS)
+                        password=target.password, ssl=target.tls,
+                        retry=Retry(NoBackoff(), 0), **TIMEOUTS)
 
 
 def plain_client(url: str) -> AnyRedis:
