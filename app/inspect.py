@@ -69,6 +69,7 @@ async def watch(client: AnyRedis, keys: Keys, room: str, out: TextIO) -> None:
     On a Redis Cluster the room's channel is a shard channel (SSUBSCRIBE on its master)."""
     channel = keys.room_channel(room)
     if isinstance(client, RedisCluster):
+        await client.initialize()  # the slot map, to find the channel's master
         sharded = client.pubsub()
         await sharded.ssubscribe(channel)
         try:

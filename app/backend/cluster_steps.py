@@ -111,8 +111,7 @@ class Steps:
         announced = False
         if owner.startswith(f"{node}/"):
             announced = (await self.remove(room, peer, owner, envelope, False)).removed
-        else:
-            await self.relist(room)  # the node may have died between its script and this
+        await self.relist(room)  # the node may have died between a script and its listing
         await self.unindex(node, room, peer)
         return announced
 
