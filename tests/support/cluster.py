@@ -110,12 +110,12 @@ async def in_process(kind: str, n: int, start: ServerFactory, redis_url: str | N
 
         def factory(s: Settings) -> Backend:
             return RedisBackend(aioredis.FakeRedis(server=fake), s.node_id, keys)
-    elif kind == "redis":
+    elif kind == "redis":  # any REDIS_URL form: one Redis, Sentinel, a Redis Cluster
         from app.backend import create_backend
-        from app.backend.redis import client_from_url
+        from app.backend.clients import plain_client
 
         assert redis_url is not None
-        redis = client_from_url(redis_url)
+        redis = plain_client(redis_url)
         factory = create_backend
         settings = {"redis_url": redis_url, **settings}
     else:
@@ -125,7 +125,7 @@ async def in_process(kind: str, n: int, start: ServerFactory, redis_url: str | N
         app = create_app(node_settings(i, key_prefix=prefix, **settings), factory)
         server = await start(app)
         urls.append(str(server.make_url("")).rstrip("/"))
-    return Cluster(kind, urls, keys, redis=redis, hub=hub)
+    return Cluster(kind, urls, keys, redis=redis, hub=hub, extra={"url": redis_url})
 
 
 async def publish_raw(c: Cluster, room: str, payload: bytes) -> None:
