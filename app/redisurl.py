@@ -63,10 +63,12 @@ def parse_redis_url(url: str) -> RedisTarget:
     parts = [p for p in path.split("/") if p]
     if kind == "cluster":
         if parts:
-            raise BadRedisUrl("a redis+cluster:// URL has no path: a cluster has only db 0")
+            raise BadRedisUrl("REDIS_URL: a redis+cluster:// URL has no path (a cluster has "
+                              "only db 0)")
         return RedisTarget(kind, url, hosts, username=username, password=password, tls=tls)
     if not parts or len(parts) > 2:
-        raise BadRedisUrl("a redis+sentinel:// URL ends with /service or /service/db")
+        raise BadRedisUrl("REDIS_URL: a redis+sentinel:// URL ends with /service or "
+                          "/service/db")
     return RedisTarget(kind, url, hosts, service=unquote(parts[0]),
                        db=_number(parts[1], "db") if len(parts) == 2 else 0,
                        username=username, password=password, tls=tls,
