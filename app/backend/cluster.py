@@ -61,6 +61,20 @@ class ClusterBackend(SupervisedBackend):
     def _drop(self, reason: str) -> None:
         self._shards.close_pipes(reason)
 
+    async def _beat(self, claim: bool) -> bool:
+        """The liveness key, and a PING down every master's pipe: a master that failed
+        over is noticed by every node, not only by those with traffic on it, so each
+        re-creates what the promoted replica may have missed (`sig:rooms` included)."""
+        kept = await super()._beat(claim)
+        if not claim:
+            pings = [await shard.pipe.submit("PING") for shard in self._shards]
+            async with asyncio.timeout(max(0.5, self._beat_every)):
+                replies = await asyncio.gather(*pings, return_exceptions=True)
+            failed = next((r for r in replies if isinstance(r, BaseException)), None)
+            if failed is not None:
+                raise failed
+        return kept
+
     async def _close(self) -> None:
         await self._shards.close()
         with contextlib.suppress(*FAILURES):

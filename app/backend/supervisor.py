@@ -104,6 +104,7 @@ class SupervisedBackend(Backend):
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._task_done)
+        self._tasks = [t for t in self._tasks if not t.done()]  # pipes of retired masters
         self._tasks.append(task)
         return task
 
