@@ -204,15 +204,17 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def report(results: list[dict[str, Any]], contrast: dict[str, Any]) -> str:
     lines = ["| backend | frames/s delivered (median; each trial) | p50 | p99 | "
-             "envelopes per master | Redis CPU per master |", "|---|---|---|---|---|---|"]
+             "envelopes per master | Redis CPU per master | Redis CPU per 100k envelopes |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
-        total = sum(m["envelopes"] for m in r["masters"].values()) or 1
-        shares = " / ".join(f"{100 * m['envelopes'] / total:.0f}%"
-                            for m in r["masters"].values())
-        cpu = " / ".join(f"{m['cpu_s']:.2f} s" for m in r["masters"].values())
+        masters = r["masters"].values()
+        total = sum(m["envelopes"] for m in masters) or 1
+        shares = " / ".join(f"{100 * m['envelopes'] / total:.0f}%" for m in masters)
+        cpu = " / ".join(f"{m['cpu_s']:.2f} s" for m in masters)
+        unit = " / ".join(f"{1e5 * m['cpu_s'] / max(m['envelopes'], 1):.2f} s" for m in masters)
         each = ", ".join(f"{x:,}" for x in r["per_s_all"])
         lines.append(f"| {r['backend']} | {r['per_s']:,.0f} ({each}) | {r['p50_ms']:.1f} ms | "
-                     f"{r['p99_ms']:.1f} ms | {shares} | {cpu} |")
+                     f"{r['p99_ms']:.1f} ms | {shares} | {cpu} | {unit} |")
     lines.append("")
     for command, per_master in contrast.items():
         got = ", ".join(str(v) for v in per_master.values())
