@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ class ShardSet:
         self._shards: dict[str, Shard] = {}
         self._slots: list[str] = []  # slot -> master name, as of the last refresh
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Shard]:
         return iter(list(self._shards.values()))
 
     async def refresh(self) -> None:
