@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from app.client import SignalingClient
+from tests.support.failover import all_ready, close_all, exchange, pairs_in
 from tests.support.peers import barrier, summary
 from tests.support.procs import NodeProcess, wait_until
 from tests.support.redis_setups import SentinelServers, cli
 from tests.support.wait import eventually
-from tests.test_rediscluster import all_ready, close_all, exchange, pairs_in
 
 PREFIX = "sen:"
 

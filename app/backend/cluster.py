@@ -94,7 +94,11 @@ class ClusterBackend(SupervisedBackend):
             raise BackendUnavailable("redis is unreachable")
         channel = self.keys.room_channel(room).encode()
         self._channels[channel] = room
-        await self._shards.subscribe(channel)
+        try:
+            await self._shards.subscribe(channel)
+        except BaseException:
+            self._channels.pop(channel, None)  # the service will not unsubscribe it
+            raise
 
     async def unsubscribe(self, room: str) -> None:
         channel = self.keys.room_channel(room).encode()
