@@ -21,6 +21,7 @@ from dotenv import load_dotenv
 from app.auth import MIN_SECRET_BYTES, load_public_key
 from app.clientip import parse_networks
 from app.ids import ID_PATTERN
+from app.redisurl import BadRedisUrl, parse_redis_url
 
 # The original's Next.js dev server, and the demo page that a node on the default port
 # serves itself (app/page.py).
@@ -110,8 +111,11 @@ class Settings:
             raise ConfigError("HARD_FRAME_BYTES must be at least MAX_FRAME_BYTES")
         if not re.fullmatch(r"[A-Za-z0-9:._-]*", self.key_prefix):
             raise ConfigError("KEY_PREFIX may hold only letters, digits and : . _ -")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.redis_url:
+            try:
+                parse_redis_url(self.redis_url)
+            except BadRedisUrl as exc:
+                raise ConfigError(str(exc)) from None
         _check_security(self)
         _check_operations(self)
 

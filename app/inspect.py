@@ -7,7 +7,9 @@
 
 `redis-cli SUBSCRIBE` shows envelopes as msgpack bytes; `watch` prints each one readably,
 with the frame JSON the receiving nodes write to their clients. REDIS_URL and KEY_PREFIX
-come from the environment or `.env`, as for a node, or from --redis-url / --prefix.
+come from the environment or `.env`, as for a node, or from --redis-url / --prefix. Every
+REDIS_URL form works: one Redis, `redis+sentinel://` and `redis+cluster://` (there the
+listings read every master, and `watch` subscribes to the room's shard channel).
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
 from dotenv import load_dotenv
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from app import envelope
+from app.backend.clients import AnyRedis, close_client, plain_client
 from app.backend.directory import RedisDirectory
 from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay, Sync
 from app.keys import Keys
@@ -60,25 +63,42 @@ def describe(payload: bytes, now: float | None = None) -> str:
     return f"{head} chat   node={env.node} age={age} {frame}"
 
 
-async def watch(client: Redis, keys: Keys, room: str, out: TextIO) -> None:
-    """Print every envelope of `room` until cancelled; says when the subscription is live."""
+async def watch(client: AnyRedis, keys: Keys, room: str, out: TextIO) -> None:
+    """Print every envelope of `room` until cancelled; says when the subscription is live.
+
+    On a Redis Cluster the room's channel is a shard channel (SSUBSCRIBE on its master)."""
     channel = keys.room_channel(room)
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # the slot map, to find the channel's master
+        sharded = client.pubsub()
+        await sharded.ssubscribe(channel)
+        try:
+            await _print_envelopes(lambda: sharded.get_sharded_message(timeout=1.0), channel,
+                                   out)
+        finally:
+            await sharded.aclose()
+        return
     pubsub = client.pubsub()
     await pubsub.subscribe(channel)
     try:
-        while True:
-            msg = await pubsub.get_message(timeout=1.0)
-            if msg is None:
-                continue
-            if msg["type"] == "subscribe":
-                print(f"watching {channel} (Ctrl-C to stop)", file=out, flush=True)
-            elif msg["type"] == "message":
-                print(describe(msg["data"]), file=out, flush=True)
+        await _print_envelopes(lambda: pubsub.get_message(timeout=1.0), channel, out)
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-async def show(client: Redis, keys: Keys, what: str, room: str | None, as_json: bool,
+async def _print_envelopes(next_message: Callable[[], Awaitable[Any]], channel: str,
+                           out: TextIO) -> None:
+    while True:
+        msg = await next_message()
+        if msg is None:
+            continue
+        if msg["type"] in ("subscribe", "ssubscribe"):
+            print(f"watching {channel} (Ctrl-C to stop)", file=out, flush=True)
+        elif msg["type"] in ("message", "smessage"):
+            print(describe(msg["data"]), file=out, flush=True)
+
+
+async def show(client: AnyRedis, keys: Keys, what: str, room: str | None, as_json: bool,
                out: TextIO) -> int:
     """`rooms`, `room R` or `nodes` as a table (or JSON); 1 when a room has no peers."""
     directory = RedisDirectory(client, keys)
@@ -141,18 +161,22 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
         print("no Redis: set REDIS_URL (or .env) or pass --redis-url", file=sys.stderr)
         return 2
     keys = Keys(getattr(args, "prefix", None) or os.environ.get("KEY_PREFIX", "sig:"))
-    client = Redis.from_url(url, decode_responses=False)
+    try:
+        client = plain_client(url)
+    except ValueError as exc:  # BadRedisUrl
+        print(f"bad REDIS_URL: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "watch":
             await watch(client, keys, args.room, out)
             return 0
         return await show(client, keys, args.command, getattr(args, "room", None),
                           getattr(args, "json", False), out)
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         print(f"redis at {url}: {exc}", file=sys.stderr)
         return 1
     finally:
-        await client.aclose()
+        await close_client(client)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

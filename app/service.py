@@ -110,7 +110,9 @@ class SignalingService:
             self.metrics.queue_overflows.inc()
         await peer.stop()
         try:
-            if not peer.replaced:
+            if peer.replaced:
+                await self._release(peer)
+            else:
                 await self._announce_leave(local, peer)
         finally:
             await self._drop_local(local, peer)
@@ -126,6 +128,13 @@ class SignalingService:
             # Tell this node's peers now; the cluster hears it once the backend is back.
             local.left(peer.id)
             self.repair.leave_later(peer.room, peer.id, peer.conn)
+
+    async def _release(self, peer: Peer) -> None:
+        """A replaced connection owns no membership, so its leave publishes nothing; it
+        lets a backend drop what it files per node (a cluster's node index entry)."""
+        left = envelope.leave(self.node_id, peer.id, peer.conn)
+        with contextlib.suppress(BackendUnavailable):
+            await self.backend.leave(peer.room, peer.id, peer.conn, left)
 
     async def _add_local(self, room: str, peer_id: str) -> tuple[LocalRoom, Peer]:
         """Register a connection, subscribing first if it is the room's first here."""

@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from app.backend.clients import plain_client
 from app.backend.redis import client_from_url
 from app.keys import Keys
 from app.server import create_app
@@ -21,6 +22,7 @@ from tests.support.cluster import (
     unique,
 )
 from tests.support.procs import NodeProcess, RedisServer, wait_until
+from tests.support.redis_setups import ClusterServers
 
 IN_PROCESS = ("memory", "fakeredis", "redis")
 StartServer = Callable[[web.Application], Awaitable[TestServer]]
@@ -37,9 +39,26 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def node_processes(redis_server: RedisServer) -> Iterator[list[NodeProcess]]:
     """Two real `python -m app` nodes on the session's redis-server, shared by tests."""
-    prefix = f"p{os.getpid()}:"
-    nodes = [NodeProcess({"REDIS_URL": redis_server.url, "NODE_ID": f"proc{i}",
-                          "KEY_PREFIX": prefix, "ADMIN_TOKEN": ADMIN_TOKEN}) for i in range(2)]
+    yield from start_nodes(redis_server.url, "proc", f"p{os.getpid()}:")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterServers]:
+    """A Redis Cluster of 3 masters for the session (`redis-cli --cluster create`)."""
+    servers = ClusterServers(masters=3).start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_processes(redis_cluster: ClusterServers) -> Iterator[list[NodeProcess]]:
+    """Two real nodes on the session's Redis Cluster (`REDIS_URL=redis+cluster://...`)."""
+    yield from start_nodes(redis_cluster.url, "cproc", f"k{os.getpid()}:")
+
+
+def start_nodes(url: str, name: str, prefix: str, count: int = 2) -> Iterator[list[NodeProcess]]:
+    nodes = [NodeProcess({"REDIS_URL": url, "NODE_ID": f"{name}{i}", "KEY_PREFIX": prefix,
+                          "ADMIN_TOKEN": ADMIN_TOKEN}) for i in range(count)]
     try:
         for node in nodes:
             node.start(wait_ready=False)
@@ -66,7 +85,7 @@ async def start_server() -> AsyncIterator[StartServer]:
         await server.close()
 
 
-@pytest.fixture(params=[*IN_PROCESS, "processes"])
+@pytest.fixture(params=[*IN_PROCESS, "processes", "rediscluster"])
 async def cluster(request: pytest.FixtureRequest, start_server: StartServer
                   ) -> AsyncIterator[Cluster]:
     """Two nodes of one cluster, for every backend form (see tests/support/cluster.py)."""
@@ -76,6 +95,11 @@ async def cluster(request: pytest.FixtureRequest, start_server: StartServer
         redis = request.getfixturevalue("redis_server")
         c = Cluster("processes", [n.url for n in nodes], Keys(nodes[0].env["KEY_PREFIX"]),
                     redis=client_from_url(redis.url), extra={"nodes": nodes})
+    elif kind == "rediscluster":
+        nodes = request.getfixturevalue("cluster_processes")
+        servers: ClusterServers = request.getfixturevalue("redis_cluster")
+        c = Cluster(kind, [n.url for n in nodes], Keys(nodes[0].env["KEY_PREFIX"]),
+                    redis=plain_client(servers.url), extra={"nodes": nodes, "servers": servers})
     else:
         url = request.getfixturevalue("redis_server").url if kind == "redis" else None
         c = await in_process(kind, 2, start_server, url)

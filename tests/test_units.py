@@ -16,6 +16,7 @@ from app.ids import is_valid_id, is_valid_peer, new_peer_id
 from app.keys import Keys
 from app.limits import RateLimit, TokenBucket, Verdict
 from app.protocol import depth
+from app.redisurl import RedisTarget, parse_redis_url
 
 
 def test_envelopes_round_trip_and_frames_stay_binary() -> None:
@@ -74,7 +75,10 @@ def test_settings_read_every_variable() -> None:
 
 @pytest.mark.parametrize("env", [
     {"PORT": "eighty"}, {"PORT": "70000"}, {"NODE_ID": "has space"}, {"LOG_FORMAT": "xml"},
-    {"REDIS_URL": "http://x"}, {"MAX_FRAME_BYTES": "5000", "HARD_FRAME_BYTES": "4000"},
+    {"REDIS_URL": "http://x"}, {"REDIS_URL": "redis+cluster://h:1/0"},
+    {"REDIS_URL": "redis+cluster://h:port"}, {"REDIS_URL": "redis+sentinel://h:26379"},
+    {"REDIS_URL": "redis+sentinel://h/m/0?tls=1"}, {"REDIS_URL": "redis+cluster://:1"},
+    {"MAX_FRAME_BYTES": "5000", "HARD_FRAME_BYTES": "4000"},
     {"KEY_PREFIX": "a b"}, {"RATE_LIMIT_PER_S": "-1"},
     {"WEBHOOK_EVENTS": "1"}, {"WEBHOOK_EVENTS": "maybe"}, {"WEBHOOK_URL": "ftp://x"},
     {"WEBHOOK_BACKOFF_MAX_SECONDS": "600"}, {"WEBHOOK_CONSUMER": "a b"},
@@ -82,6 +86,18 @@ def test_settings_read_every_variable() -> None:
 def test_bad_settings_stop_start_up_with_the_variable_named(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=next(iter(env)).split("_")[0]):
         Settings.from_env(env)
+
+
+def test_redis_url_forms() -> None:
+    assert parse_redis_url("redis://r:6379/1") == RedisTarget("single", "redis://r:6379/1")
+    url = "redis+cluster://:s3cret@10.0.0.1:7000, 10.0.0.2 ,[::1]:7002"
+    assert parse_redis_url(url) == RedisTarget(
+        "cluster", url, (("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002)),
+        password="s3cret")
+    url = "rediss+sentinel://app:pw@s1,s2:26380/my%20master/2?sentinel_password=sp"
+    assert parse_redis_url(url) == RedisTarget(
+        "sentinel", url, (("s1", 26379), ("s2", 26380)), service="my master", db=2,
+        username="app", password="pw", sentinel_password="sp", tls=True)
 
 
 def test_operations_settings() -> None:

@@ -91,13 +91,25 @@ async def node(redis_server: RedisServer, start_server: Any) -> AsyncIterator[Cl
     await c.redis.aclose()
 
 
+@pytest.fixture(params=["redis", "rediscluster"])
+async def any_node(request: pytest.FixtureRequest, start_server: Any
+                   ) -> AsyncIterator[Cluster]:
+    """`node`, on one redis-server or on the session's Redis Cluster."""
+    url = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster").url
+    c = await in_process("redis", 1, start_server, url, webhook_events=True)
+    yield c
+    assert c.redis is not None
+    await c.redis.aclose()
+
+
 @pytest.fixture
-def workers(redis_server: RedisServer) -> Iterator[Callable[..., NodeProcess]]:
+def workers() -> Iterator[Callable[..., NodeProcess]]:
     """Start `python -m workers.webhooks` processes; all are killed at the end."""
     started: list[NodeProcess] = []
 
     def start(c: Cluster, url: str, consumer: str, **env: str) -> NodeProcess:
-        base = {"REDIS_URL": redis_server.url, "KEY_PREFIX": c.keys.prefix,
+        base = {"REDIS_URL": c.extra["url"], "KEY_PREFIX": c.keys.prefix,
                 "WEBHOOK_URL": url, "WEBHOOK_SECRET": SECRET, "WEBHOOK_CONSUMER": consumer,
                 "WEBHOOK_BACKOFF_SECONDS": "0.05", "WEBHOOK_BACKOFF_MAX_SECONDS": "0.2"}
         proc = NodeProcess({**base, **env}, argv=[sys.executable, "-m", "workers.webhooks"])
@@ -135,8 +147,9 @@ async def nothing_pending(c: Cluster) -> None:
 
 
 async def test_every_room_event_is_delivered_once_with_a_valid_signature(
-    node: Cluster, receiver: Receiver, workers: Callable[..., NodeProcess]
+    any_node: Cluster, receiver: Receiver, workers: Callable[..., NodeProcess]
 ) -> None:
+    node = any_node
     room = unique("room")
     workers(node, receiver.url, "w1")
     a = await SignalingClient.connect(node.urls[0], room, "alice")

@@ -7,6 +7,13 @@ script a node runs for a clean leave, so every peer of the room hears `peer-left
 Several reapers may run side by side: the script removes and announces only while the
 dead node still owns the membership, so exactly one of them wins each.
 
+On a Redis Cluster (`redis+cluster://`) the same happens in the steps of
+`app/backend/cluster_steps.py`: the room's LEAVE script on its slot, then `sig:rooms` put
+right and the event appended, then the index entry dropped. An entry whose membership is
+no longer the dead node's still gets `sig:rooms` put right: the node may have died half-way
+through a change, and the index entry is how its unfinished work is found. SCAN runs on
+every master.
+
     python -m workers.reaper        (REDIS_URL, KEY_PREFIX, REAP_INTERVAL_SECONDS)
 """
 
@@ -22,19 +29,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from app import envelope
-from app.backend import scripts
+from app.backend import cluster_scripts, scripts
+from app.backend.clients import AnyRedis, close_client, plain_client
+from app.backend.cluster_steps import Steps
 from app.backend.pipe import LOST
-from app.backend.redis import client_from_url
 from app.config import ConfigError, EnvReader, settings_or_exit
 from app.ids import is_valid_id
 from app.keys import Keys
 from app.logs import configure_logging
+from app.redisurl import BadRedisUrl, parse_redis_url
 
 log = structlog.get_logger("reaper")
+
+BATCH = 100  # cluster: entries of a dead node finished concurrently
 
 
 @dataclass(frozen=True)
@@ -61,16 +72,30 @@ class ReaperSettings:
         )
         if not url:
             raise ConfigError("REDIS_URL is required: the reaper cleans up a Redis cluster")
+        try:
+            parse_redis_url(url)
+        except BadRedisUrl as exc:
+            raise ConfigError(str(exc)) from None
         return settings
 
 
 class Reaper:
-    def __init__(self, client: Redis, keys: Keys, events_maxlen: int = 0) -> None:
+    def __init__(self, client: AnyRedis, keys: Keys, events_maxlen: int = 0) -> None:
         self._client = client
         self._keys = keys
         self._events_maxlen = events_maxlen
         head, tail = keys.node_peers_parts()
         self._index = re.compile(re.escape(head) + r"(.+)" + re.escape(tail))
+        # On a Redis Cluster a leave is several steps on several slots (cluster_steps.py)
+        self._steps = (Steps(client.execute_command, keys, events_maxlen)
+                       if isinstance(client, RedisCluster) else None)
+
+    async def load_scripts(self) -> None:
+        """After a start, a restart of Redis or a failover: EVALSHA must find them."""
+        if isinstance(self._client, RedisCluster):
+            await cluster_scripts.load_all(self._client)
+        else:
+            await scripts.load_all(self._client)
 
     async def sweep(self) -> int:
         """One pass: reap every node whose index outlived its liveness key."""
@@ -92,6 +117,18 @@ class Reaper:
             for room, peer in pairs:
                 pipe.hget(k.room_conns(room), peer)
             owners = [_text(o) for o in await pipe.execute()]
+        if self._steps is not None:
+            announced = await self._reap_steps(self._steps, node, pairs, owners)
+        else:
+            announced = await self._reap_atomic(node, pairs, owners)
+        if entries:
+            log.info("reaped dead node", node=node, peers=announced, entries=len(entries))
+        return announced
+
+    async def _reap_atomic(self, node: str, pairs: list[tuple[str, str]], owners: list[str]
+                           ) -> int:
+        """One Redis: the LEAVE script removes, unlists, unindexes and announces at once."""
+        k = self._keys
         leaves = []
         async with self._client.pipeline(transaction=False) as pipe:
             for (room, peer), owner in zip(pairs, owners, strict=True):
@@ -105,10 +142,24 @@ class Reaper:
                              k.room_channel(room), envelope.leave(node, peer, conn), 0,
                              self._events_maxlen)
             results = await pipe.execute()
-        announced = sum(1 for leave, r in zip(leaves, results, strict=True) if leave and r == 1)
-        if entries:
-            log.info("reaped dead node", node=node, peers=announced, entries=len(entries))
+        return sum(1 for leave, r in zip(leaves, results, strict=True) if leave and r == 1)
+
+    async def _reap_steps(self, steps: Steps, node: str, pairs: list[tuple[str, str]],
+                          owners: list[str]) -> int:
+        """A cluster: finish each change the dead node left, a batch of entries at a time."""
+        announced = 0
+        work = list(zip(pairs, owners, strict=True))
+        for start in range(0, len(work), BATCH):
+            done = await asyncio.gather(*(
+                steps.reap(node, room, peer, owner if _owned(node, owner) else "",
+                           envelope.leave(node, peer, owner.removeprefix(f"{node}/")))
+                for (room, peer), owner in work[start:start + BATCH]))
+            announced += sum(done)
         return announced
+
+
+def _owned(node: str, owner: str) -> bool:
+    return owner.startswith(f"{node}/") and is_valid_id(owner.removeprefix(f"{node}/"))
 
 
 def _text(value: bytes | str | None) -> str:
@@ -116,23 +167,23 @@ def _text(value: bytes | str | None) -> str:
 
 
 async def run(settings: ReaperSettings, stop: asyncio.Event) -> None:
-    client = client_from_url(settings.redis_url)
+    client = plain_client(settings.redis_url)
     reaper = Reaper(client, Keys(settings.key_prefix), settings.events_maxlen)
     delay = settings.interval
     log.info("reaper started", interval=settings.interval, prefix=settings.key_prefix)
     try:
         while not stop.is_set():
             try:
-                await scripts.load_all(client)
+                await reaper.load_scripts()
                 await reaper.sweep()
                 delay = settings.interval
-            except (RedisError, *LOST) as exc:
+            except (RedisError, RedisClusterException, *LOST) as exc:
                 log.warning("redis unreachable; retrying", error=repr(exc))
                 delay = min(max(delay * 2, 0.1), 5.0) * random.uniform(0.8, 1.2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
     finally:
-        await client.aclose()
+        await close_client(client)
         log.info("reaper stopped")
 
 

@@ -17,6 +17,10 @@ events behind it rather than getting them out of order. Several workers (distinc
 `WEBHOOK_CONSUMER` names) share the stream. A worker takes one new event at a time and
 touches it (XCLAIM to itself) before every attempt, so a live worker's slow event is never
 mistaken for an abandoned one (`WEBHOOK_CLAIM_IDLE_SECONDS` exceeds one retry's wait).
+
+On a Redis Cluster the stream is one key on one master, so the worker runs unchanged; the
+nodes append each event just after its change there, not inside it (at most once if a
+node dies in between: see `app/backend/cluster_steps.py`).
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from typing import Any, Final
 import aiohttp
 import structlog
 from dotenv import load_dotenv
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
+from app.backend.clients import AnyRedis, close_client, plain_client
 from app.config import ConfigError, Settings
 from app.keys import Keys
 from app.logs import configure_logging
@@ -56,7 +60,7 @@ def event_body(entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:
 
 
 class WebhookWorker:
-    def __init__(self, client: Redis, keys: Keys, deliverer: Deliverer, consumer: str,
+    def __init__(self, client: AnyRedis, keys: Keys, deliverer: Deliverer, consumer: str,
                  claim_idle: float, maxlen: int) -> None:
         self._client = client
         self._keys = keys
@@ -75,7 +79,7 @@ class WebhookWorker:
                 while True:
                     await self._claim_abandoned()
                     await self._read_new()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("redis unavailable, retrying", error=str(exc))
                 await asyncio.sleep(1.0)
 
@@ -150,7 +154,7 @@ class WebhookWorker:
 
 async def serve(settings: Settings) -> None:
     assert settings.redis_url and settings.webhook_url and settings.webhook_secret
-    client = Redis.from_url(settings.redis_url, decode_responses=False)
+    client = plain_client(settings.redis_url)
     timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         deliverer = Deliverer(session, settings.webhook_url, settings.webhook_secret,
@@ -164,7 +168,7 @@ async def serve(settings: Settings) -> None:
         try:
             await worker.run()
         finally:
-            await client.aclose()
+            await close_client(client)
 
 
 async def _main(settings: Settings) -> None:

@@ -9,17 +9,23 @@ from app.keys import Keys
 
 
 def create_backend(settings: Settings) -> Backend:
+    """Memory without REDIS_URL; a Redis Cluster for `redis+cluster://`; else one Redis
+    (`redis://`, `rediss://`, `unix://`) or Sentinel's master (`redis+sentinel://`)."""
     if not settings.redis_url:
         return MemoryBackend(settings.node_id)
-    from app.backend.redis import RedisBackend, client_from_url
+    from app.backend.clients import client_from_url, cluster_client
+    from app.backend.cluster import ClusterBackend
+    from app.backend.redis import RedisBackend
+    from app.redisurl import parse_redis_url
 
-    return RedisBackend(
-        client_from_url(settings.redis_url),
-        settings.node_id,
-        Keys(settings.key_prefix),
-        node_ttl=settings.node_ttl_seconds,
-        events_maxlen=settings.webhook_stream_maxlen if settings.webhook_events else 0,
-    )
+    keys, events_maxlen = Keys(settings.key_prefix), (
+        settings.webhook_stream_maxlen if settings.webhook_events else 0)
+    target = parse_redis_url(settings.redis_url)
+    if target.kind == "cluster":
+        return ClusterBackend(cluster_client(target), target, settings.node_id, keys,
+                              node_ttl=settings.node_ttl_seconds, events_maxlen=events_maxlen)
+    return RedisBackend(client_from_url(settings.redis_url), settings.node_id, keys,
+                        node_ttl=settings.node_ttl_seconds, events_maxlen=events_maxlen)
 
 
 __all__ = [

@@ -3,7 +3,8 @@
 Kept apart from `Backend` so that the signaling path stays narrow: the admin API and the
 inspector read through a `Directory`, and nothing here changes state. Figures are a
 snapshot of several reads, not one atomic picture; good enough to look at, not to decide
-membership with.
+membership with. On a Redis Cluster (`RedisCluster` client) the same reads work: SCAN runs
+on every master and cross-slot reads are pipelined per master.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from app.keys import Keys
 
@@ -54,7 +56,7 @@ class Directory(ABC):
 
 
 class RedisDirectory(Directory):
-    def __init__(self, client: Redis, keys: Keys) -> None:
+    def __init__(self, client: Redis | RedisCluster, keys: Keys) -> None:
         self._client = client
         self._keys = keys
 

@@ -6,20 +6,22 @@ round trip was in flight goes out as the next pipeline, on one connection at a t
 That keeps per-sender FIFO and batches under load for free.
 
 While Redis is unreachable the pipe is closed: `submit` fails at once instead of queueing,
-so an outage of any length costs no memory.
+so an outage of any length costs no memory. In a Redis Cluster each master has its own pipe;
+a reply saying the slot lives elsewhere (MOVED, ASK, ...) counts as a loss, so the backend
+reconnects with the new slot map instead of sending a room's commands down two paths.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.backend import scripts
@@ -29,13 +31,17 @@ log = structlog.get_logger(__name__)
 
 Command = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 LOST = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# Replies of a cluster whose slots moved or that is failing over: this server is not the one.
+ELSEWHERE = (MovedError, AskError, TryAgainError, ClusterDownError)
 
 
 class OrderedPipe:
     def __init__(self, client: Redis, on_lost: Callable[[str], None], timeout: float = 2.0,
                  max_batch: int = 1000, max_queued: int = 50_000,
-                 on_error: Callable[[], None] = lambda: None) -> None:
+                 on_error: Callable[[], None] = lambda: None,
+                 reload: Callable[[Redis], Awaitable[None]] = scripts.load_all) -> None:
         self._client = client
+        self._reload = reload  # loads the Lua scripts this pipe's commands use
         self._on_lost = on_lost
         self._on_error = on_error  # counts failed round trips and commands (metrics)
         self._timeout = timeout
@@ -94,6 +100,9 @@ class OrderedPipe:
             _fail(batch, BackendUnavailable(f"redis: {exc!r}"))
             self._on_lost(f"command failed: {exc!r}")
             return
+        moved = next((r for r in replies if isinstance(r, ELSEWHERE)), None)
+        if moved is not None:
+            self._on_lost(f"cluster slot is elsewhere: {moved}")
         for (args, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue
@@ -112,7 +121,7 @@ class OrderedPipe:
         missing = [cmd for cmd, r in zip(batch, replies, strict=True)
                    if isinstance(r, NoScriptError)]
         log.warning("lua scripts missing in redis, reloading", commands=len(missing))
-        await scripts.load_all(self._client)
+        await self._reload(self._client)
         retried = iter(await self._send(missing))
         return [next(retried) if isinstance(r, NoScriptError) else r for r in replies]
 

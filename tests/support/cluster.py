@@ -3,7 +3,8 @@
 - memory: in-process nodes sharing one `MemoryHub`;
 - fakeredis: in-process nodes on the Redis backend sharing one fakeredis `FakeServer`;
 - redis: in-process nodes on a real redis-server (started by the tests);
-- processes: `python -m app` processes on a real redis-server.
+- processes: `python -m app` processes on a real redis-server;
+- rediscluster: `python -m app` processes on a real Redis Cluster of 3 masters.
 
 Each exposes node URLs and, where there is a Redis, a way to inspect it, so one behaviour
 suite runs unchanged against all four.
@@ -19,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from app.backend import Backend, MemoryBackend, MemoryHub
 from app.config import Settings
@@ -34,7 +36,7 @@ class Cluster:
     kind: str
     urls: list[str]
     keys: Keys
-    redis: Redis | None = None
+    redis: Redis | RedisCluster | None = None
     hub: MemoryHub | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -57,8 +59,15 @@ class Cluster:
         r, k = self.redis, self.keys
         peers = sorted(p.decode() for p in await r.smembers(k.room_peers(room)))
         conns = {a.decode(): b.decode() for a, b in (await r.hgetall(k.room_conns(room))).items()}
-        numsub = await r.pubsub_numsub(k.room_channel(room))
-        keys = [x.decode() for x in await r.keys(f"{k.prefix}room:{{{room}}}*")]
+        pattern = f"{k.prefix}room:{{{room}}}*"
+        if isinstance(r, RedisCluster):  # every key of the room is on its slot's master
+            master = r.get_node_from_key(k.room_channel(room))
+            numsub = await r.execute_command("PUBSUB SHARDNUMSUB", k.room_channel(room),
+                                             target_nodes=master)
+            found = await r.keys(pattern, target_nodes=master)
+        else:
+            numsub, found = await r.pubsub_numsub(k.room_channel(room)), await r.keys(pattern)
+        keys = [x.decode() for x in found]
         return {"peers": peers, "conns": conns, "subscribers": int(numsub[0][1]),
                 "listed": bool(await r.sismember(k.rooms, room)), "keys": keys}
 
@@ -102,12 +111,12 @@ async def in_process(kind: str, n: int, start: ServerFactory, redis_url: str | N
 
         def factory(s: Settings) -> Backend:
             return RedisBackend(aioredis.FakeRedis(server=fake), s.node_id, keys)
-    elif kind == "redis":
+    elif kind == "redis":  # any REDIS_URL form: one Redis, Sentinel, a Redis Cluster
         from app.backend import create_backend
-        from app.backend.redis import client_from_url
+        from app.backend.clients import plain_client
 
         assert redis_url is not None
-        redis = client_from_url(redis_url)
+        redis = plain_client(redis_url)
         factory = create_backend
         settings = {"redis_url": redis_url, **settings}
     else:
@@ -118,13 +127,16 @@ async def in_process(kind: str, n: int, start: ServerFactory, redis_url: str | N
         server = await start(app)
         urls.append(str(server.make_url("")).rstrip("/"))
         apps.append(app)
-    return Cluster(kind, urls, keys, redis=redis, hub=hub, extra={"apps": apps})
+    return Cluster(kind, urls, keys, redis=redis, hub=hub,
+                   extra={"apps": apps, "url": redis_url})
 
 
 async def publish_raw(c: Cluster, room: str, payload: bytes) -> None:
     """Put arbitrary bytes on a room's channel, as a buggy or hostile publisher would."""
     if c.hub is not None:
         c.hub.publish(room, payload)
+    elif isinstance(c.redis, RedisCluster):
+        await c.redis.spublish(c.keys.room_channel(room), payload)
     else:
         assert c.redis is not None
         await c.redis.publish(c.keys.room_channel(room), payload)

@@ -1,0 +1,50 @@
+"""Client-side checks shared by the failover tests (Redis Cluster, Sentinel)."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from app.client import SignalingClient
+from tests.support.peers import barrier, summary
+from tests.support.procs import NodeProcess
+from tests.support.wait import eventually
+
+
+async def all_ready(nodes: list[NodeProcess], timeout: float) -> None:
+    """Poll /ready on every node (a node has no event to await from outside)."""
+    async def ready() -> bool:
+        async with aiohttp.ClientSession() as http:
+            for node in nodes:
+                async with http.get(f"{node.url}/ready") as r:
+                    if r.status != 200:
+                        return False
+        return True
+
+    await eventually(ready, timeout, "every node to be ready")
+
+
+async def pairs_in(nodes: list[NodeProcess], rooms: list[str]) -> list[list[SignalingClient]]:
+    out = []
+    for room in rooms:
+        clients = [await SignalingClient.connect(n.url, room, f"p{i}")
+                   for i, n in enumerate(nodes)]
+        await barrier(clients)
+        out.append(clients)
+    return out
+
+
+async def exchange(clients: list[SignalingClient], tag: str) -> None:
+    """A relay each way and a chat, all delivered, nothing else in between."""
+    a, b = clients
+    await a.ice("p1", {"tag": tag})
+    assert summary([await b.recv()]) == [("ice", {"tag": tag})]
+    await b.offer("p0", {"tag": tag})
+    assert summary([await a.recv()]) == [("offer", {"tag": tag})]
+    got = await barrier(clients)
+    assert got[a] == [] and got[b] == []
+
+
+async def close_all(groups: list[list[SignalingClient]]) -> None:
+    for clients in groups:
+        for client in clients:
+            await client.close()
