@@ -137,10 +137,11 @@ class Reaper:
                 if not leaves[-1]:
                     pipe.srem(k.node_peers(node), f"{room}/{peer}")  # no longer this node's
                     continue
-                pipe.evalsha(scripts.LEAVE.sha, 5, k.room_peers(room), k.room_conns(room),
-                             k.rooms, k.node_peers(node), k.events, room, peer, owner,
-                             k.room_channel(room), envelope.leave(node, peer, conn), 0,
-                             self._events_maxlen)
+                # only while the node is still dead: it may be back, re-creating this
+                pipe.evalsha(scripts.LEAVE.sha, 6, k.room_peers(room), k.room_conns(room),
+                             k.rooms, k.node_peers(node), k.events, k.node(node), room, peer,
+                             owner, k.room_channel(room), envelope.leave(node, peer, conn), 0,
+                             self._events_maxlen, 1)
             results = await pipe.execute()
         return sum(1 for leave, r in zip(leaves, results, strict=True) if leave and r == 1)
 

@@ -78,7 +78,11 @@ class RedisBackend(SupervisedBackend):
             raise BackendUnavailable("redis is unreachable")
         channel = self.keys.room_channel(room).encode()
         self._channels[channel] = room
-        await self._subscriber.subscribe([channel])
+        try:
+            await self._subscriber.subscribe([channel])
+        except BaseException:
+            self._channels.pop(channel, None)  # not resubscribed after a reconnect either
+            raise
 
     async def unsubscribe(self, room: str) -> None:
         channel = self.keys.room_channel(room).encode()

@@ -75,11 +75,14 @@ return members
 # KEYS: room peers set, room conns hash, rooms set, the owner node's peers set, events stream
 # ARGV: room, peer, owner (node/conn), channel, leave envelope, announce if absent (0/1),
 #       events max length (0: no events)
+# The reaper adds KEYS[6], the owner node's liveness key, and ARGV[8] = 1: then nothing
+# happens if that node is alive again (it may be re-creating this very membership).
 # Returns 1 if the leave was published: `owner` owned the membership (now removed), or
 # nobody owns it and ARGV[6] is 1. Returns 0 if another connection owns it.
 LEAVE = Script(
     "leave",
     _EVENT + """
+if ARGV[8] == '1' and redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
 local current = redis.call('HGET', KEYS[2], ARGV[2])
 local removed = current == ARGV[3]
 if removed then

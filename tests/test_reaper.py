@@ -1,0 +1,36 @@
+"""The reaper against a real redis-server: it removes a dead node's peers, never a live one's."""
+
+from __future__ import annotations
+
+import uuid
+
+from app import envelope
+from app.backend import scripts
+from app.backend.redis import client_from_url
+from app.keys import Keys
+from tests.support.procs import RedisServer
+from workers.reaper import Reaper
+
+
+async def test_reaper_leaves_a_node_alone_once_its_liveness_key_is_back(
+    redis_server: RedisServer,
+) -> None:
+    keys = Keys(f"reap{uuid.uuid4().hex[:6]}:")
+    client = client_from_url(redis_server.url)
+    try:
+        await scripts.load_all(client)
+        joined = envelope.join("n1", "p", "c1", False)
+        await client.evalsha(scripts.JOIN.sha, 5, keys.room_peers("r"), keys.room_conns("r"),
+                             keys.rooms, keys.node_peers("n1"), keys.events, "r", "p", "n1/c1",
+                             keys.room_channel("r"), joined, joined, 0,
+                             *keys.node_peers_parts(), 0)
+        reaper = Reaper(client, keys)
+        await client.set(keys.node("n1"), b"{}")  # the node is (back) alive: hands off
+        assert await reaper.reap("n1") == 0
+        assert await client.smembers(keys.room_peers("r")) == {b"p"}
+        await client.delete(keys.node("n1"))  # dead: its membership goes, announced once
+        assert await reaper.sweep() == 1
+        assert await reaper.sweep() == 0
+        assert await client.exists(keys.room_peers("r"), keys.node_peers("n1"), keys.rooms) == 0
+    finally:
+        await client.aclose()
