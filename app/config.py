@@ -39,6 +39,7 @@ class Settings:
     send_queue_bytes: int = 1048576
     node_ttl_seconds: float = 6.0
     ws_heartbeat_seconds: float = 20.0
+    event_loop: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +62,7 @@ class Settings:
             send_queue_bytes=r.integer("SEND_QUEUE_BYTES", 1048576, lo=1024),
             node_ttl_seconds=r.number("NODE_TTL_SECONDS", 6.0, lo=1.0),
             ws_heartbeat_seconds=r.number("WS_HEARTBEAT_SECONDS", 20.0, lo=0.0),
+            event_loop=r.choice("EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
         )
         settings.check()
         return settings

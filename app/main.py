@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
@@ -22,6 +23,8 @@ def main() -> None:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format, settings.node_id)
+    loop = new_event_loop(settings.event_loop)
+    asyncio.set_event_loop(loop)
     web.run_app(
         create_app(settings),
         host=settings.host,
@@ -29,7 +32,22 @@ def main() -> None:
         access_log=None,
         print=None,
         shutdown_timeout=10,
+        loop=loop,
     )
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """uvloop when asked for or, with `auto`, when installed: its C transports and loop
+    cut the node's CPU per relayed frame (bench/PROFILE.md); `asyncio` is the fallback."""
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise SystemExit("EVENT_LOOP=uvloop but uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 if __name__ == "__main__":

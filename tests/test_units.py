@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 import pytest
+import uvloop
 
 from app import envelope
 from app.config import ConfigError, Settings
@@ -11,6 +14,7 @@ from app.envelope import BadEnvelope, Chat, Join, Leave, Relay
 from app.ids import is_valid_id, is_valid_peer, new_peer_id
 from app.keys import Keys
 from app.limits import TokenBucket
+from app.main import new_event_loop
 
 
 def test_envelopes_round_trip_and_frames_stay_binary() -> None:
@@ -79,3 +83,17 @@ def test_token_bucket_allows_burst_then_refuses() -> None:
     bucket = TokenBucket(rate=0.001, burst=2)
     assert [bucket.take() for _ in range(3)] == [True, True, False]
     assert all(TokenBucket(0, 1).take() for _ in range(100))
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("auto", uvloop.Loop), ("uvloop", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)])
+def test_event_loop_setting_picks_the_loop(kind: str, expected: type) -> None:
+    assert Settings.from_env({"EVENT_LOOP": kind}).event_loop == kind
+    loop = new_event_loop(kind)
+    try:
+        assert isinstance(loop, expected)
+    finally:
+        loop.close()
+    with pytest.raises(ConfigError):
+        Settings.from_env({"EVENT_LOOP": "trio"})
+
