@@ -64,6 +64,7 @@ class Peer:
         self._transport = transport
         self._queue.appendleft(self.welcome)
         self._bytes += len(self.welcome)
+        self.welcome = b""  # sent once: an idle connection should not hold it
         self._writer = asyncio.create_task(self._write(ws), name=f"writer:{self.id}")
         self._wake.set()
 
@@ -99,6 +100,7 @@ class Peer:
                     frame = self._queue.popleft()
                     self._bytes -= len(frame)
                     await ws.send_frame(frame, WSMsgType.TEXT)
+                    del frame  # not kept alive while this writer waits
         except (ConnectionError, RuntimeError):
             pass  # the client went away; the handler's receive loop ends and cleans up
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 
 import msgpack
 import pytest
 import uvloop
 
-from app import envelope
+from app import envelope, protocol
 from app.config import ConfigError, Settings
 from app.envelope import BadEnvelope, Chat, Join, Leave, Relay
 from app.ids import is_valid_id, is_valid_peer, new_peer_id
@@ -97,3 +98,13 @@ def test_event_loop_setting_picks_the_loop(kind: str, expected: type) -> None:
     with pytest.raises(ConfigError):
         Settings.from_env({"EVENT_LOOP": "trio"})
 
+
+def test_frames_the_node_keeps_cost_their_length_not_a_buffer() -> None:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [protocol.notice_frame("new-peer", "r1", f"peer{i}") for i in range(1000)]
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == 1000 and grown < 1000 * 200  # orjson alone would keep 4 KiB each
