@@ -26,6 +26,7 @@ from app.backend import scripts
 from app.backend.base import Backend, BackendUnavailable, EnvelopeHandler, RoomFull
 from app.backend.pipe import OrderedPipe
 from app.backend.subscriber import Subscriber
+from app.backend.wire import RedisWire
 from app.keys import Keys
 
 log = structlog.get_logger(__name__)
@@ -49,7 +50,7 @@ class RedisBackend(Backend):
         self.keys = keys
         self._client = client
         self._node_ttl = node_ttl
-        self._pipe = OrderedPipe(client)
+        self._pipe: RedisWire | OrderedPipe = RedisWire.for_client(client) or OrderedPipe(client)
         self._subscriber = Subscriber(client.connection_pool, self._on_message)
         self._channels: dict[bytes, str] = {}
         self._on_envelope: EnvelopeHandler | None = None
@@ -63,6 +64,8 @@ class RedisBackend(Backend):
             await scripts.load_all(self._client)
             await self._beat()
             await self._subscriber.connect()
+            if isinstance(self._pipe, RedisWire):
+                await self._pipe.connect()
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"cannot reach redis: {exc}") from exc
         self._spawn(self._subscriber.run(), "redis-subscriber")
