@@ -6,6 +6,7 @@ and the PNG chart under bench/results/. Exits 1 if any delivery check fails.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from dataclasses import asdict, replace
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=",".join(ALL_SCENARIOS), help="comma-separated")
     p.add_argument("--rate", type=int, help="relay frames/s in the fixed-rate scenario")
     p.add_argument("--gens", type=int, help="generator processes per scenario")
+    p.add_argument("--repeat", type=int, help="rounds of each timed scenario (median)")
     p.add_argument("--node-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for this project's nodes (A/B runs)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -43,14 +45,19 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan = replace(plan, rate=args.rate)
     if args.gens:
         plan = replace(plan, gens=args.gens)
+    if args.repeat:
+        plan = replace(plan, repeat=args.repeat)
     return plan
 
 
 def run_all(clusters: dict[str, Cluster], plan: Plan, chosen: list[str]) -> dict[str, Any]:
-    """Scenario by scenario, each system in turn, so that drifting machine load (this
-    machine is shared) hits all systems alike; idle runs last, as it restarts node 0."""
+    """Scenario by scenario, each system in turn, `plan.repeat` rounds, so that drifting
+    load on this shared machine hits all systems alike; each figure is the median of its
+    rounds (every round is kept under "rounds"). Idle runs last, as it restarts node 0."""
     out: dict[str, Any] = {name: {} for name in clusters}
-    steps: list[tuple[str, int | None]] = [(name, None) for name in chosen if name != "idle"]
+    rounds: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name in clusters}
+    steps: list[tuple[str, int | None]] = [
+        (name, None) for _ in range(plan.repeat) for name in chosen if name != "idle"]
     if "idle" in chosen:
         steps += [("idle", peers) for peers in plan.idle_counts]
     for scenario, peers in steps:
@@ -61,9 +68,21 @@ def run_all(clusters: dict[str, Cluster], plan: Plan, chosen: list[str]) -> dict
                 figures = scenarios.SCENARIOS[scenario](cluster, plan)
             else:
                 figures = scenarios.idle(cluster, plan, peers)
-            out[system][key] = figures
+            rounds[system].setdefault(key, []).append(figures)
+            out[system][key] = median_figures(rounds[system][key])
             log(f"  {system:8} {key:9} {time.monotonic() - started:5.1f}s {brief(figures)}")
+    for system in clusters:
+        out[system]["rounds"] = rounds[system]
     return out
+
+
+def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per number, the median over rounds; anything else from the last round."""
+    merged = dict(runs[-1])
+    for key, value in runs[-1].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            merged[key] = statistics.median(r[key] for r in runs)
+    return merged
 
 
 def brief(figures: dict[str, Any]) -> str:
@@ -112,7 +131,7 @@ def write(doc: dict[str, Any], systems: list[str], args: argparse.Namespace, sta
     base = args.out / f"bench-{stamp}"
     (base.with_suffix(".json")).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     (base.with_suffix(".md")).write_text(text + "\n")
-    if not args.no_chart:
+    if not args.no_chart and results:
         report.chart(results, systems, base.with_suffix(".png"))
     log(f"wrote {base}.json, .md" + ("" if args.no_chart else ", .png"))
 

@@ -100,6 +100,8 @@ class SocketIO(Protocol):
                 await ws.send_str("3")
             elif text.startswith(prefix):
                 return text
+            elif text.startswith("42"):
+                continue  # an event before the join's ack (python-socketio may echo new-peer)
             else:
                 raise Refused(f"expected {prefix!r}, got {text[:200]!r}")
 

@@ -34,22 +34,23 @@ class Plan:
 
     rate: int = 2000  # relay frames per second, fixed-rate scenario
     rooms: int = 50
-    relay_seconds: float = 20.0
-    max_seconds: float = 15.0
+    relay_seconds: float = 10.0
+    max_seconds: float = 8.0
     window: int = 8  # frames in flight per sender, max-throughput scenario
     chat_rooms: int = 25
     chat_size: int = 8
     chat_rate: int = 250  # chats per second (x8 deliveries)
-    chat_seconds: float = 15.0
+    chat_seconds: float = 10.0
     join_pairs: int = 500
     join_parallel: int = 10
     idle_counts: tuple[int, ...] = (2000, 10000)
     gens: int = 2
+    repeat: int = 3  # rounds of each timed scenario; figures are medians
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(relay_seconds=4.0, max_seconds=3.0, chat_seconds=3.0, join_pairs=100,
-                   idle_counts=(2000,))
+                   idle_counts=(2000,), repeat=1)
 
 
 @dataclass

@@ -100,6 +100,11 @@ class Cluster:
 
     @staticmethod
     def _discard(node: NodeProcess) -> None:
+        """Stop a node; show what it logged above info level (a benchmark hides nothing)."""
         node.kill()
         if node.log_path is not None and node.log_path.exists():
+            noisy = [line for line in node.logs().splitlines()
+                     if '"level": "info"' not in line and line.strip()]
+            for line in noisy[:20]:
+                print(f"[{node.env.get('NODE_ID')}] {line[:300]}", file=sys.stderr)
             os.unlink(node.log_path)
