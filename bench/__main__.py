@@ -6,6 +6,7 @@ and the PNG chart under bench/results/. Exits 1 if any delivery check fails.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     node_env = dict(item.split("=", 1) for item in args.node_env)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     doc: dict[str, Any] = {"started": stamp, "plan": asdict(plan), "systems": systems,
-                           "machine": report.machine(), "node_env": node_env, "results": {}}
+                           "machine": report.machine(), "node_env": node_env, "results": {},
+                           "loadavg_start": os.getloadavg()}
     status = 0
     clusters: dict[str, Cluster] = {}
     try:
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for cluster in clusters.values():
             cluster.stop()
+    doc["loadavg_end"] = os.getloadavg()
     write(doc, systems, args, stamp)
     return status
 
@@ -126,6 +129,7 @@ def write(doc: dict[str, Any], systems: list[str], args: argparse.Namespace, sta
     text = report.table(results, systems)
     if "ours" in systems and len(systems) > 1:
         text += "\n\n" + report.target_table(results)
+    text += "\n\n" + report.noise(doc)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / f"bench-{stamp}"

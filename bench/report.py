@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,3 +151,24 @@ def chart(results: dict[str, Any], systems: list[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def noise(doc: dict[str, Any]) -> str:
+    """How busy the machine was: this benchmark's processes, and everything on it."""
+    own, every = [], []
+    for system in doc["results"].values():
+        for runs in system.get("rounds", {}).values():
+            for r in runs:
+                if r.get("machine_busy_all") is not None:
+                    own.append(r["machine_busy"])
+                    every.append(r["machine_busy_all"])
+    m = doc["machine"]
+    load = " / ".join(f"{x:.1f}" for x in doc.get("loadavg_start", ())[:1]
+                      + doc.get("loadavg_end", ())[:1])
+    text = (f"Machine: {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, "
+            f"Node.js {m['node']}; load average at start / end {load}.")
+    if every:
+        text += (f" During timed rounds the cores were {100 * statistics.median(every):.0f}% "
+                 f"busy (median), {100 * statistics.median(own):.0f}% from the benchmark's "
+                 "own nodes, redis-servers and generators: the rest is other work.")
+    return text
