@@ -155,13 +155,15 @@ def chart(results: dict[str, Any], systems: list[str], path: Path) -> None:
 
 def noise(doc: dict[str, Any]) -> str:
     """How busy the machine was: this benchmark's processes, and everything on it."""
-    own, every = [], []
+    own, every, repeated, noisy = [], [], 0, 0
     for system in doc["results"].values():
         for runs in system.get("rounds", {}).values():
             for r in runs:
                 if r.get("machine_busy_all") is not None:
                     own.append(r["machine_busy"])
                     every.append(r["machine_busy_all"])
+                    repeated += r.get("attempts", 1) - 1
+                    noisy += r.get("other_load", 0) > doc["plan"]["max_foreign"]
     m = doc["machine"]
     load = " / ".join(f"{x:.1f}" for x in doc.get("loadavg_start", ())[:1]
                       + doc.get("loadavg_end", ())[:1])
@@ -170,5 +172,8 @@ def noise(doc: dict[str, Any]) -> str:
     if every:
         text += (f" During timed rounds the cores were {100 * statistics.median(every):.0f}% "
                  f"busy (median), {100 * statistics.median(own):.0f}% from the benchmark's "
-                 "own nodes, redis-servers and generators: the rest is other work.")
+                 "own nodes, redis-servers and generators: the rest is other work. "
+                 f"{repeated} rounds were repeated because other work took over "
+                 f"{100 * doc['plan']['max_foreign']:.0f}% of the cores; {noisy} kept that "
+                 "much after the last try.")
     return text

@@ -46,11 +46,13 @@ class Plan:
     idle_counts: tuple[int, ...] = (2000, 10000)
     gens: int = 2
     repeat: int = 3  # rounds of each timed scenario; figures are medians
+    max_foreign: float = 0.25  # a round during which other work took more of the cores...
+    retries: int = 2  # ...is run again, at most this many times
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(relay_seconds=4.0, max_seconds=3.0, chat_seconds=3.0, join_pairs=100,
-                   idle_counts=(2000,), repeat=1)
+                   idle_counts=(2000,), repeat=1, retries=0)
 
 
 @dataclass
