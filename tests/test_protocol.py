@@ -8,9 +8,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 
 from app.client import Closed, Refused, SignalingClient
+from app.limits import TokenBucket
+from app.peer import Peer
 from app.server import create_app
 from tests.support.cluster import node_settings
 from tests.support.peers import barrier
@@ -184,3 +186,32 @@ async def test_ping_pong_and_spoofed_fields_are_overwritten(url: str) -> None:
                                     "data": None}
     await a.close()
     await b.close()
+
+
+async def test_queued_frames_of_every_length_class_arrive_intact_and_in_order(
+        start_server: Any) -> None:
+    """A writer that finds several frames queued sends them in one write (app/peer.py);
+    lengths around the 126 and 65536 boundaries of the WebSocket header must survive it."""
+    lengths = [30, 125, 126, 127, 65535, 65536, 70000, 30, 125, 126]
+    frames = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (n - 16)) for i, n in enumerate(lengths)]
+    assert [len(f) for f in frames] == lengths
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        peer = Peer("r", "p", "c", 1 << 24, TokenBucket(0, 1))
+        peer.welcome = b'{"type":"welcome"}'
+        for frame in frames:  # all queued before the writer first runs
+            peer.send(frame)
+        peer.attach(ws, request.transport)
+        async for _ in ws:
+            pass
+        await peer.stop()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await start_server(app)
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.make_url("/")) as ws:
+        got = [(await ws.receive(timeout=5)).data for _ in range(len(frames) + 1)]
+    assert got == ['{"type":"welcome"}', *[f.decode() for f in frames]]
