@@ -90,7 +90,8 @@ def quiet_round(run: Callable[[], dict[str, Any]], plan: Plan, what: str) -> dic
         figures["attempts"] = attempt + 1
         if foreign <= plan.max_foreign:
             break
-        log(f"  {what}: other work used {foreign:.0%} of the cores, round repeated")
+        again = "round repeated" if attempt < plan.retries else "kept (no tries left)"
+        log(f"  {what}: other work used {foreign:.0%} of the cores, {again}")
     return figures
 
 
