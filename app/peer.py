@@ -142,9 +142,16 @@ class Peer:
         return True
 
     async def _close_ws(self, ws: web.WebSocketResponse, code: int, reason: str) -> None:
+        closed = False
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await ws.close(code=code, message=reason.encode())
+            closed = True
         except (TimeoutError, ConnectionError, RuntimeError):
-            if self._transport is not None:
-                self._transport.abort()  # the client does not read: cut the TCP connection
+            pass
+        finally:
+            # Not closed cleanly: the client does not read, or aiohttp's drain waiter, which
+            # close() shares with the writer we cancelled, raised CancelledError here. Either
+            # way cut the TCP connection, so that the handler ends and the peer is announced.
+            if not closed and self._transport is not None:
+                self._transport.abort()

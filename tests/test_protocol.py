@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -215,3 +216,29 @@ async def test_queued_frames_of_every_length_class_arrive_intact_and_in_order(
     async with aiohttp.ClientSession() as http, http.ws_connect(server.make_url("/")) as ws:
         got = [(await ws.receive(timeout=5)).data for _ in range(len(frames) + 1)]
     assert got == ['{"type":"welcome"}', *[f.decode() for f in frames]]
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_announced(
+        make_node: NodeFactory) -> None:
+    """Contract §3: past SEND_QUEUE_BYTES of unsent frames the peer is closed and the
+    others hear peer-left, even though its socket never drains."""
+    url = await make_node(send_queue_bytes=65536, rate_limit_per_s=0, max_frame_bytes=65536)
+    async with aiohttp.ClientSession() as http:
+        slow = await http.ws_connect(f"{url.replace('http', 'ws', 1)}/ws/room/slow")
+        fast = await SignalingClient.connect(url, "room", "fast")
+        assert fast.peers == ["slow"]
+        payload = "x" * 60000
+        async with asyncio.timeout(10):
+            left = False
+            while not left:  # the kernel's buffers take a few MB before the node queues
+                await fast.chat(payload)
+                while not left:
+                    frame = await fast.recv()
+                    left = frame.type == "peer-left" and frame.data == "slow"
+                    if frame.type == "chat":
+                        break  # our own echo: send the next one
+            while (await slow.receive()).type not in (WSMsgType.CLOSE, WSMsgType.CLOSED,
+                                                      WSMsgType.ERROR):
+                pass
+        await slow.close()
+        await fast.close()
