@@ -1,4 +1,5 @@
-"""The pipelined Redis wire (app/backend/wire.py) on a real redis-server of its own.
+"""The pipelined Redis wire (app/backend/wire.py) and the pub/sub protocol
+(app/backend/pubsub_wire.py), each on a real redis-server of its own.
 
 What the backend relies on: replies matched to commands in submission order, even with
 many in one write; scripts reloaded when Redis lost them; fast `BackendUnavailable` while
@@ -14,6 +15,7 @@ import pytest
 
 from app.backend import scripts
 from app.backend.base import BackendUnavailable
+from app.backend.pubsub_wire import PubSubWire
 from app.backend.redis import client_from_url
 from app.backend.wire import RedisWire
 from tests.support.procs import RedisServer
@@ -73,3 +75,31 @@ async def test_unavailable_while_redis_is_down_then_back(wire: RedisWire,
                 break
             except BackendUnavailable:
                 await asyncio.sleep(0.05)
+
+
+async def test_pubsub_wire_confirms_subscriptions_and_delivers_in_order(
+        server: RedisServer) -> None:
+    got: list[tuple[bytes, bytes]] = []
+    all_in = asyncio.Event()
+
+    def on_message(channel: bytes, payload: bytes) -> None:
+        got.append((channel, payload))
+        if len(got) == 500:
+            all_in.set()
+
+    sub = PubSubWire(client_from_url(server.url).connection_pool, on_message)
+    await sub.connect()
+    task = asyncio.create_task(sub.run())
+    await sub.subscribe(b"ch")  # returns once live: what is published next arrives
+    client = client_from_url(server.url)
+    for i in range(500):
+        await client.publish("ch", str(i))
+    await sub.unsubscribe(b"ch")
+    await client.publish("ch", "after")
+    await client.aclose()
+    await asyncio.wait_for(all_in.wait(), 5)
+    assert got == [(b"ch", str(i).encode()) for i in range(500)]
+    server.kill()  # a lost connection ends run() and fails later subscriptions
+    await asyncio.wait_for(task, 5)
+    with pytest.raises(BackendUnavailable):
+        await sub.subscribe(b"other")

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from app.backend import scripts
 from app.backend.base import Backend, BackendUnavailable, EnvelopeHandler, RoomFull
 from app.backend.pipe import OrderedPipe
+from app.backend.pubsub_wire import PubSubWire
 from app.backend.subscriber import Subscriber
 from app.backend.wire import RedisWire
 from app.keys import Keys
@@ -51,7 +52,11 @@ class RedisBackend(Backend):
         self._client = client
         self._node_ttl = node_ttl
         self._pipe: RedisWire | OrderedPipe = RedisWire.for_client(client) or OrderedPipe(client)
-        self._subscriber = Subscriber(client.connection_pool, self._on_message)
+        # plain TCP / unix: protocol-based pub/sub reader (no task switch per message)
+        pool = client.connection_pool
+        self._subscriber: Subscriber | PubSubWire = (
+            PubSubWire(pool, self._on_message)
+            if RedisWire.for_client(client) else Subscriber(pool, self._on_message))
         self._channels: dict[bytes, str] = {}
         self._on_envelope: EnvelopeHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []

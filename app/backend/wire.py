@@ -32,6 +32,18 @@ log = structlog.get_logger(__name__)
 Pending = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 
 
+async def open_connection(kwargs: dict[str, Any], proto: asyncio.Protocol,
+                          timeout: float) -> None:
+    """Connect `proto` to the Redis that redis-py's connection kwargs describe."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        if "path" in kwargs:
+            await loop.create_unix_connection(lambda: proto, kwargs["path"])
+        else:
+            await loop.create_connection(lambda: proto, kwargs.get("host", "localhost"),
+                                         kwargs.get("port", 6379))
+
+
 class _Protocol(asyncio.Protocol):
     """One connection: writes packed commands, resolves futures from replies in order."""
 
@@ -157,14 +169,8 @@ class RedisWire:
     async def connect(self) -> None:
         """Open the connection (AUTH, SELECT); `start` calls it so that a node is ready
         only once its wire is up, and `run` calls it again after each loss."""
-        loop = asyncio.get_running_loop()
         proto = _Protocol(self)
-        async with asyncio.timeout(self._timeout):
-            if "path" in self._kwargs:
-                await loop.create_unix_connection(lambda: proto, self._kwargs["path"])
-            else:
-                await loop.create_connection(lambda: proto, self._kwargs.get("host", "localhost"),
-                                             self._kwargs.get("port", 6379))
+        await open_connection(self._kwargs, proto, self._timeout)
         self._proto = proto
         self.writable.set()
         hello = []
