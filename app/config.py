@@ -74,6 +74,7 @@ class Settings:
     webhook_backoff_max_seconds: float = 60.0
     webhook_consumer: str = ""
     webhook_claim_idle_seconds: float = 300.0
+    event_loop: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +100,7 @@ class Settings:
             drain_seconds=r.number("DRAIN_SECONDS", 5.0, lo=0.0),
             **_security(r),
             **_operations(r),
+            event_loop=r.choice("EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
         )
         settings.check()
         return settings

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 
 from app.client import Closed, Refused, SignalingClient
+from app.limits import RateLimit
+from app.peer import Peer
 from tests.support.cluster import NodeFactory
 from tests.support.peers import barrier, refusal
 
@@ -151,3 +155,58 @@ async def test_ping_pong_and_spoofed_fields_are_overwritten(url: str) -> None:
                                     "data": None}
     await a.close()
     await b.close()
+
+
+async def test_queued_frames_of_every_length_class_arrive_intact_and_in_order(
+        start_server: Any) -> None:
+    """A writer that finds several frames queued sends them in one write (app/peer.py);
+    lengths around the 126 and 65536 boundaries of the WebSocket header must survive it."""
+    lengths = [30, 125, 126, 127, 65535, 65536, 70000, 30, 125, 126]
+    frames = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (n - 16)) for i, n in enumerate(lengths)]
+    assert [len(f) for f in frames] == lengths
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        peer = Peer("r", "p", "c", 1 << 24, RateLimit(0, 1, 0))
+        peer.welcome = b'{"type":"welcome"}'
+        for frame in frames:  # all queued before the writer first runs
+            peer.send(frame)
+        peer.attach(ws, request.transport)
+        async for _ in ws:
+            pass
+        await peer.stop()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await start_server(app)
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.make_url("/")) as ws:
+        got = [(await ws.receive(timeout=5)).data for _ in range(len(frames) + 1)]
+    assert got == ['{"type":"welcome"}', *[f.decode() for f in frames]]
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_announced(
+        make_node: NodeFactory) -> None:
+    """Contract §3: past SEND_QUEUE_BYTES of unsent frames the peer is closed and the
+    others hear peer-left, even though its socket never drains."""
+    url = await make_node(send_queue_bytes=65536, rate_limit_per_s=0, max_frame_bytes=65536)
+    async with aiohttp.ClientSession() as http:
+        slow = await http.ws_connect(f"{url.replace('http', 'ws', 1)}/ws/room/slow")
+        fast = await SignalingClient.connect(url, "room", "fast")
+        assert fast.peers == ["slow"]
+        payload = "x" * 60000
+        async with asyncio.timeout(10):
+            left = False
+            while not left:  # the kernel's buffers take a few MB before the node queues
+                await fast.chat(payload)
+                while not left:
+                    frame = await fast.recv()
+                    left = frame.type == "peer-left" and frame.data == "slow"
+                    if frame.type == "chat":
+                        break  # our own echo: send the next one
+            while (await slow.receive()).type not in (WSMsgType.CLOSE, WSMsgType.CLOSED,
+                                                      WSMsgType.ERROR):
+                pass
+        await slow.close()
+        await fast.close()

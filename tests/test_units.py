@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import tracemalloc
 from types import SimpleNamespace
 
 import msgpack
 import pytest
+import uvloop
 
-from app import envelope, limits
+from app import envelope, limits, protocol
 from app.clientip import client_ip, limit_key, parse_networks
 from app.config import ConfigError, Settings
 from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay
 from app.ids import is_valid_id, is_valid_peer, new_peer_id
 from app.keys import Keys
 from app.limits import RateLimit, TokenBucket, Verdict
+from app.main import new_event_loop
 from app.protocol import depth
 from app.redisurl import RedisTarget, parse_redis_url
 
@@ -181,3 +185,25 @@ def test_limits_count_ipv6_clients_per_64() -> None:
     assert limit_key("1.2.3.4") == "1.2.3.4"
     with pytest.raises(ValueError, match="nginx"):
         parse_networks(["nginx"])
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("auto", uvloop.Loop), ("uvloop", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)])
+def test_event_loop_setting_picks_the_loop(kind: str, expected: type) -> None:
+    assert Settings.from_env({"EVENT_LOOP": kind}).event_loop == kind
+    loop = new_event_loop(kind)
+    try:
+        assert isinstance(loop, expected)
+    finally:
+        loop.close()
+    with pytest.raises(ConfigError):
+        Settings.from_env({"EVENT_LOOP": "trio"})
+
+
+def test_frames_the_node_keeps_cost_their_length_not_a_buffer() -> None:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [protocol.notice_frame("new-peer", "r1", f"peer{i}") for i in range(1000)]
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == 1000 and grown < 1000 * 200  # orjson alone would keep 4 KiB each

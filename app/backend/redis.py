@@ -27,6 +27,7 @@ from app.backend.clients import client_from_url, close_client
 from app.backend.pipe import OrderedPipe
 from app.backend.subscriber import Subscriber
 from app.backend.supervisor import FAILURES, SupervisedBackend
+from app.backend.wire import RedisWire
 from app.keys import Keys
 
 log = structlog.get_logger(__name__)
@@ -40,8 +41,12 @@ class RedisBackend(SupervisedBackend):
         super().__init__(client, node_id, keys, node_ttl)
         self._client = client
         self._events_maxlen = events_maxlen  # 0: append no room events (nobody consumes them)
-        self._pipe = OrderedPipe(client, self._signal_lost,
-                                 on_error=lambda: self.observer.backend_error("command"))
+        on_error = lambda: self.observer.backend_error("command")  # noqa: E731
+        # The pipelined wire for plain TCP and Unix sockets (much less CPU per frame,
+        # bench/PROFILE.md); redis-py pipelines for TLS, Sentinel and fakeredis.
+        self._pipe: RedisWire | OrderedPipe = (
+            RedisWire.for_client(client, self._signal_lost, on_error)
+            or OrderedPipe(client, self._signal_lost, on_error=on_error))
         self._subscriber: Subscriber | None = None
 
     async def start(self, events: BackendEvents) -> None:
@@ -60,6 +65,8 @@ class RedisBackend(SupervisedBackend):
             self._subscriber = subscriber
             self._read(subscriber, "redis-subscriber")
             await subscriber.subscribe(list(self._channels))
+        if isinstance(self._pipe, RedisWire):
+            await self._pipe.connect()
         self._pipe.open()
 
     def _drop(self, reason: str) -> None:

@@ -1,0 +1,113 @@
+"""The systems under test, each as two nodes on one private redis-server.
+
+Processes are launched with the test suite's helpers (`tests/support/procs.py`): a
+redis-server on a free loopback port (never the machine's 6379) and nodes that are ready
+when `GET /ready` answers 200. The peer systems are installed into `bench/.peers/` by
+`bench/run` (PyPI: python-socketio; npm: socket.io and @socket.io/redis-adapter).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.procs import NodeProcess, RedisServer, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / "bench" / ".peers"
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    name: str
+    label: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+def peer_python() -> str:
+    """The interpreter with python-socketio: this one, or the bench venv's."""
+    try:
+        import socketio  # noqa: F401
+    except ImportError:
+        return str(PEERS / "venv" / "bin" / "python")
+    return sys.executable
+
+
+def system_spec(name: str, node_env: dict[str, str] | None = None) -> SystemSpec:
+    if name == "ours":
+        # No per-peer rate limit: the peers have none, and the max-throughput run needs none.
+        # Every load generator connects from loopback: no per-client connection cap; rooms
+        # and the rate limit as large as the scenarios need.
+        env = {"RATE_LIMIT_PER_S": "0", "MAX_CONNS_PER_IP": "0", "ROOM_MAX_PEERS": "0",
+               "MAX_ROOMS_PER_NODE": "0", "KEY_PREFIX": "bench:", **(node_env or {})}
+        return SystemSpec(name, "signaling-cluster (this project)",
+                          [sys.executable, "-m", "app"], env)
+    if name == "sio-node":
+        node = shutil.which("node") or "node"
+        return SystemSpec(name, "socket.io 4 on Node.js + @socket.io/redis-adapter",
+                          [node, str(ROOT / "bench/peers/sio_server.js")],
+                          {"NODE_PATH": str(PEERS / "node" / "node_modules")})
+    if name == "pysio":
+        return SystemSpec(name, "python-socketio 5 + AsyncRedisManager on aiohttp",
+                          [peer_python(), str(ROOT / "bench/peers/pysio_server.py")], {})
+    raise ValueError(f"unknown system {name!r}")
+
+
+@dataclass
+class Cluster:
+    """Two nodes of one system on one redis-server, all on loopback."""
+
+    spec: SystemSpec
+    redis: RedisServer = field(default_factory=RedisServer)
+    nodes: list[NodeProcess] = field(default_factory=list)
+
+    def start(self) -> Cluster:
+        self.redis.start()
+        self.nodes = [self._node(i) for i in range(2)]
+        for node in self.nodes:
+            node.start(wait_ready=False)
+        for node in self.nodes:
+            wait_until(node.is_ready, 30, f"{self.spec.name} node {node.url}")
+        return self
+
+    def _node(self, index: int) -> NodeProcess:
+        env = {"REDIS_URL": self.redis.url, "NODE_ID": f"{self.spec.name}{index}",
+               "LOG_LEVEL": "info", **self.spec.env}
+        return NodeProcess(env, argv=list(self.spec.argv), cwd=ROOT)
+
+    def restart_node(self, index: int) -> None:
+        """A fresh process for node `index` (memory baselines need a clean heap)."""
+        self._discard(self.nodes[index])
+        self.nodes[index] = self._node(index).start(wait_ready=False)
+        wait_until(self.nodes[index].is_ready, 30, f"{self.spec.name} node restart")
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def pids(self) -> dict[str, int]:
+        """Measured processes: both nodes and redis-server."""
+        out = {f"node{i}": n.proc.pid for i, n in enumerate(self.nodes) if n.proc}
+        if self.redis.proc is not None:
+            out["redis"] = self.redis.proc.pid
+        return out
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            self._discard(node)
+        self.redis.kill()
+
+    @staticmethod
+    def _discard(node: NodeProcess) -> None:
+        """Stop a node; show what it logged above info level (a benchmark hides nothing)."""
+        node.kill()
+        if node.log_path is not None and node.log_path.exists():
+            noisy = [line for line in node.logs().splitlines()
+                     if '"level": "info"' not in line and line.strip()]
+            for line in noisy[:20]:
+                print(f"[{node.env.get('NODE_ID')}] {line[:300]}", file=sys.stderr)
+            os.unlink(node.log_path)
