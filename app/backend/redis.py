@@ -25,6 +25,7 @@ from app.backend import scripts
 from app.backend.base import BackendEvents, BackendUnavailable, Rejoin, RoomFull
 from app.backend.clients import client_from_url, close_client
 from app.backend.pipe import OrderedPipe
+from app.backend.pubsub_protocol import subscriber_for
 from app.backend.subscriber import Subscriber
 from app.backend.supervisor import FAILURES, SupervisedBackend
 from app.backend.wire import RedisWire
@@ -60,7 +61,7 @@ class RedisBackend(SupervisedBackend):
         if all(reader.done() for reader in self._readers):
             if self._subscriber is not None:
                 await self._subscriber.close()
-            subscriber = Subscriber(self._client.connection_pool, self._on_message)
+            subscriber = subscriber_for(self._client.connection_pool, self._on_message)
             await subscriber.connect()
             self._subscriber = subscriber
             self._read(subscriber, "redis-subscriber")
@@ -73,6 +74,8 @@ class RedisBackend(SupervisedBackend):
         self._pipe.close(reason)
 
     async def _close(self) -> None:
+        if isinstance(self._pipe, RedisWire):
+            await self._pipe.aclose()
         if self._subscriber is not None:
             await self._subscriber.close()
         with contextlib.suppress(*FAILURES):

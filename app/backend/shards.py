@@ -27,6 +27,7 @@ from redis.crc import key_slot
 from app.backend import cluster_scripts
 from app.backend.base import BackendUnavailable
 from app.backend.pipe import OrderedPipe
+from app.backend.pubsub_protocol import subscriber_for
 from app.backend.subscriber import MessageHandler, Subscriber
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
@@ -150,8 +151,8 @@ class ShardSet:
                 await shard.subscriber.unsubscribe(channel)
 
     async def _listen(self, shard: Shard) -> None:
-        subscriber = Subscriber(shard.client.connection_pool, self._hooks.on_message,
-                                sharded=True)
+        subscriber = subscriber_for(shard.client.connection_pool, self._hooks.on_message,
+                                    sharded=True)
         try:
             await subscriber.connect()
         except OSError as exc:  # redis-py's ConnectionError is an OSError too

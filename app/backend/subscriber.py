@@ -58,6 +58,10 @@ class Subscriber:
             await self._conn.disconnect()
         self._fail_waiters(BackendUnavailable("subscriber closed"))
 
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.is_connected
+
     async def subscribe(self, channels: Iterable[bytes]) -> None:
         """Subscribe and return once Redis confirmed every channel."""
         await self._command(self._sub, list(channels))
@@ -68,7 +72,7 @@ class Subscriber:
     async def _command(self, kind: bytes, channels: list[bytes]) -> None:
         if not channels:
             return
-        if self._conn is None or not self._conn.is_connected:
+        if not self.connected:
             raise BackendUnavailable("pub/sub connection is down")
         loop = asyncio.get_running_loop()
         waiters = []
@@ -80,10 +84,14 @@ class Subscriber:
                   if self._sharded else [channels])
         try:
             for group in groups:
-                await self._conn.send_command(kind.upper(), *group, check_health=False)
+                await self._write(kind.upper(), *group)
         except (OSError, ConnectionError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
         await asyncio.gather(*waiters)
+
+    async def _write(self, *args: bytes | str) -> None:
+        assert self._conn is not None
+        await self._conn.send_command(*args, check_health=False)
 
     async def run(self) -> None:
         """Read until the connection fails; every message goes to the handler in order."""

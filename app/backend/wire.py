@@ -162,6 +162,14 @@ class RedisWire:
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
+    async def aclose(self) -> None:
+        """Refuse commands, drop the connection and wait (briefly) for its socket to close."""
+        proto = self._proto
+        self.close("node is stopping")
+        if proto is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proto.lost), 1.0)
+
     async def connect(self) -> None:
         """Open the connection (AUTH, SELECT) unless it is up; the supervisor calls it."""
         if self._proto is not None and not self._proto.lost.done():
