@@ -88,9 +88,5 @@ def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
-    return loop_factory(kind)()
-
-
 if __name__ == "__main__":
     main()

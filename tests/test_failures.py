@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from app.client import Closed, Refused, SignalingClient
-from tests.support.peers import barrier, summary
+from tests.support.peers import barrier, close_all, summary
 from tests.support.procs import NodeProcess
 from tests.support.topology import ProcessCluster
 
@@ -36,9 +36,7 @@ async def connect_rooms(c: ProcessCluster, rooms: int) -> dict[str, list[Signali
 
 
 async def close_everything(rooms: dict[str, list[SignalingClient]]) -> None:
-    for clients in rooms.values():
-        for client in clients:
-            await client.close()
+    await close_all(*(client for clients in rooms.values() for client in clients))
 
 
 async def test_kill_9_node_peers_announced_gone_once_within_15s() -> None:
@@ -156,11 +154,13 @@ async def test_sigterm_drains_without_losing_traffic_between_other_nodes(
 
 
 async def wait_ready_status(url: str, status: int, within: float) -> None:
+    """Poll /ready until it answers `status` (a node has no event to await from outside)."""
     async with asyncio.timeout(within), aiohttp.ClientSession() as http:
         while True:
             async with http.get(f"{url}/ready") as r:
                 if r.status == status:
                     return
+            await asyncio.sleep(0.02)
 
 
 async def send_steadily(client: SignalingClient, to: str, count: int) -> int:
@@ -260,12 +260,8 @@ def rss_kib(node: NodeProcess) -> int:
 
 
 async def wait_all(c: ProcessCluster, ready: bool, within: float) -> None:
-    """Poll /ready on every node until each says `ready` (a node has no event to await)."""
-    async with asyncio.timeout(within), aiohttp.ClientSession() as http:
+    """Every node's /ready says 200 (`ready`) or 503, all within `within` seconds."""
+    async with asyncio.timeout(within):
         for url in c.urls():
-            while True:
-                async with http.get(f"{url}/ready") as r:
-                    if (r.status == 200) == ready:
-                        break
-                await asyncio.sleep(0.05)
+            await wait_ready_status(url, 200 if ready else 503, within)
 

@@ -18,7 +18,7 @@ from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay
 from app.ids import is_valid_id, is_valid_peer, new_peer_id
 from app.keys import Keys
 from app.limits import RateLimit, TokenBucket, Verdict
-from app.main import new_event_loop
+from app.main import loop_factory
 from app.protocol import depth
 from app.redisurl import RedisTarget, parse_redis_url
 
@@ -189,7 +189,7 @@ def test_limits_count_ipv6_clients_per_64() -> None:
     ("auto", uvloop.Loop), ("uvloop", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)])
 def test_event_loop_setting_picks_the_loop(kind: str, expected: type) -> None:
     assert Settings.from_env({"EVENT_LOOP": kind}).event_loop == kind
-    loop = new_event_loop(kind)
+    loop = loop_factory(kind)()
     try:
         assert isinstance(loop, expected)
     finally:

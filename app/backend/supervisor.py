@@ -47,7 +47,6 @@ class SupervisedBackend(Backend):
         self.node_id = node_id
         self.keys = keys
         self.directory = RedisDirectory(plain, keys)
-        self.reconnects = 0
         self._plain = plain  # reads and the heartbeat: routed by key, retries are harmless
         self._node_ttl = node_ttl
         self._beat_every = min(1.0, node_ttl / 3)
@@ -153,7 +152,6 @@ class SupervisedBackend(Backend):
                 delay = min(delay * 2, BACKOFF_CAP)
             if not self._lost.is_set():
                 self._up = True
-                self.reconnects += 1
                 self.observer.backend_reconnected()
                 log.info("redis connection restored; memberships repaired")
 

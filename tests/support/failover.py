@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from app.client import SignalingClient
+from tests.support import peers
 from tests.support.peers import barrier, summary
 from tests.support.procs import NodeProcess
 from tests.support.wait import eventually
@@ -45,6 +46,4 @@ async def exchange(clients: list[SignalingClient], tag: str) -> None:
 
 
 async def close_all(groups: list[list[SignalingClient]]) -> None:
-    for clients in groups:
-        for client in clients:
-            await client.close()
+    await peers.close_all(*(client for clients in groups for client in clients))
