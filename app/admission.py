@@ -9,9 +9,9 @@ node's room count are decided by the service at the join (409, 503).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 from aiohttp import hdrs, web
@@ -83,20 +83,20 @@ class Gate:
             raise Refusal(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"}) from None
         return Ticket(room, grant.peer, client, grant.perms, grant.expires)
 
-    @contextmanager
-    def connection(self, client: str) -> Iterator[None]:
-        """Hold one of the client's connection slots while the body runs; 429 if none."""
+    def take(self, client: str) -> Callable[[], None]:
+        """Take one of the client's connection slots (429 if none left); returns the call
+        that gives it back, made once, when the connection is over."""
         key = limit_key(client)
         if self._per_ip and self._open[key] >= self._per_ip:
             raise Refusal(429, "too-many-connections",
                           f"at most {self._per_ip} connections per client address")
         self._open[key] += 1
-        try:
-            yield
-        finally:
-            self._open[key] -= 1
-            if not self._open[key]:
-                del self._open[key]
+        return partial(self._release, key)
+
+    def _release(self, key: str) -> None:
+        self._open[key] -= 1
+        if not self._open[key]:
+            del self._open[key]
 
     def refused(self, refusal: Refusal, request: web.Request) -> web.Response:
         """Log a refusal and build its response."""

@@ -2,8 +2,8 @@
 
 Start-up order (cleanup_ctx runs in order, tear-down in reverse): the backend connects
 first, then the service is wired to it. On shutdown every WebSocket is closed with 1001
-(`on_shutdown`, before handlers are cancelled) so each handler removes its own membership
-while the backend is still up; only then does the backend stop.
+(`on_shutdown`) and each connection's end removes its membership while the backend is
+still up; what has not closed by then is cut, and only then does the backend stop.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from app import admin, headers, http, page, ws
 from app.admission import Gate
 from app.backend import Backend, create_backend
 from app.config import Settings
+from app.connection import Sockets
 from app.metrics import NodeMetrics
 from app.service import CLOSE_GOING_AWAY, SignalingService
-from app.state import GATE, METRICS, SERVICE, SETTINGS
+from app.state import GATE, METRICS, SERVICE, SETTINGS, SOCKETS
 
 log = structlog.get_logger(__name__)
 
@@ -54,9 +55,12 @@ def create_app(
         service = SignalingService(backend, settings, metrics)
         await backend.start(service)
         app[SERVICE] = service
+        app[SOCKETS] = sockets = Sockets(service, settings.ws_heartbeat_seconds)
+        sockets.start()
         log.info("node started", node=settings.node_id,
                  backend="redis" if settings.redis_url else "memory")
         yield
+        await sockets.close()
         service.repair.close()
         await backend.stop()
         log.info("node stopped", node=settings.node_id)
@@ -64,6 +68,7 @@ def create_app(
     async def close_peers(app: web.Application) -> None:
         metrics.set_draining(True)
         app[SERVICE].close_all(CLOSE_GOING_AWAY, "node shutting down")
+        await app[SERVICE].settle(4)
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_peers)

@@ -108,7 +108,7 @@ class SignalingService:
             del local.active[peer.id]
         if peer.overflowed:
             self.metrics.queue_overflows.inc()
-        await peer.stop()
+        peer.detach()
         try:
             if peer.replaced:
                 await self._release(peer)
@@ -212,8 +212,12 @@ class SignalingService:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(now.wait(), seconds)
         self.close_all(CLOSE_GOING_AWAY, "node shutting down")
-        with contextlib.suppress(TimeoutError):  # each handler leaves by itself
-            await asyncio.wait_for(self._no_rooms.wait(), 4)
+        await self.settle(4)
+
+    async def settle(self, seconds: float) -> None:
+        """Wait (at most `seconds`) until every closed connection has left its room."""
+        with contextlib.suppress(TimeoutError):  # each connection's end makes it leave
+            await asyncio.wait_for(self._no_rooms.wait(), seconds)
 
     # -- frames from clients ---------------------------------------------------------------
 

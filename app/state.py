@@ -6,6 +6,7 @@ from aiohttp import web
 
 from app.admission import Gate
 from app.config import Settings
+from app.connection import Sockets
 from app.metrics import NodeMetrics
 from app.service import SignalingService
 
@@ -13,3 +14,4 @@ SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", SignalingService)
 METRICS = web.AppKey("metrics", NodeMetrics)
 GATE = web.AppKey("gate", Gate)
+SOCKETS = web.AppKey("sockets", Sockets)

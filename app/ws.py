@@ -10,43 +10,44 @@ on the service.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import hdrs, web
 
+from app import wsframe
 from app.admission import Refusal, Ticket
 from app.backend import BackendUnavailable, RoomFull
+from app.connection import Connection
 from app.peer import Peer
 from app.service import CLOSE_TOKEN_EXPIRED, NodeFull, SignalingService
-from app.state import GATE, METRICS, SERVICE, SETTINGS
+from app.state import GATE, METRICS, SERVICE, SETTINGS, SOCKETS
 
 log = structlog.get_logger(__name__)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
     gate = request.app[GATE]
     service = request.app[SERVICE]
-    ws = web.WebSocketResponse(
-        max_msg_size=settings.hard_frame_bytes,
-        heartbeat=settings.ws_heartbeat_seconds or None,
-        compress=False,
-    )
     try:
         ticket = gate.admit(request)
-        if not ws.can_prepare(request).ok:
+        accept = wsframe.accept_key(request.headers) if request.method == hdrs.METH_GET else None
+        if accept is None:
             raise Refusal(400, "not-websocket", "this path needs a WebSocket upgrade")
         if service.draining:
             raise Refusal(503, "draining", "this node is shutting down; connect again")
         if not service.backend.ready:
             raise Refusal(503, "unavailable", "signaling backend unavailable, retry shortly")
-        with gate.connection(ticket.client):
+        release = gate.take(ticket.client)
+        try:
             peer = await join(service, ticket)
-            await serve(request, ws, peer, ticket)
+        except BaseException:
+            release()
+            raise
     except Refusal as refusal:
         request.app[METRICS].refusals.labels(refusal.code).inc()
         return gate.refused(refusal, request)
-    return ws
+    return upgrade(request, peer, ticket, accept, release)
 
 
 async def join(service: SignalingService, ticket: Ticket) -> Peer:
@@ -60,20 +61,41 @@ async def join(service: SignalingService, ticket: Ticket) -> Peer:
         raise Refusal(503, "unavailable", "signaling backend unavailable, retry shortly") from None
 
 
-async def serve(request: web.Request, ws: web.WebSocketResponse, peer: Peer,
-                ticket: Ticket) -> None:
-    service = request.app[SERVICE]
-    try:
-        await ws.prepare(request)
-        peer.attach(ws, request.transport)
-        if ticket.expires is not None:
-            peer.close_later(ticket.expires - time.time(), CLOSE_TOKEN_EXPIRED, "token expired")
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                await service.handle_text(peer, msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                service.handle_binary(peer)
-            elif msg.type is WSMsgType.ERROR:
-                break  # aiohttp has already closed with the matching code (1007, 1009)
-    finally:
-        await service.leave(peer)
+def upgrade(request: web.Request, peer: Peer, ticket: Ticket, accept: str,
+            release: Callable[[], None]) -> web.StreamResponse:
+    """Answer 101 and hand the socket to a `Connection`; aiohttp forgets it.
+
+    From here the connection's end (close, error, lost TCP) makes the peer leave.
+    """
+    app = request.app
+    sockets = app[SOCKETS]
+    conn = Connection(peer, app[SERVICE], sockets, app[SETTINGS].hard_frame_bytes, release)
+    transport = request.transport
+    if transport is None or transport.is_closing():  # the client left during the join
+        sockets.ended(conn, None)
+        return Detached()
+    transport.write(wsframe.switching_protocols(accept, {"X-Node-Id": app[SETTINGS].node_id}))
+    conn.take_over(transport, let_go(request.protocol))
+    if ticket.expires is not None:
+        peer.close_later(ticket.expires - time.time(), CLOSE_TOKEN_EXPIRED, "token expired")
+    return Detached()
+
+
+def let_go(handler: web.RequestHandler) -> bytes:
+    """Make aiohttp's request handler forget its transport without closing it, as if the
+    client had gone; returns the bytes it had read past the request (early frames)."""
+    early: bytes = getattr(handler, "_message_tail", b"")
+    handler.transport = None  # so that its connection_lost does not close the socket
+    handler.connection_lost(None)
+    return early
+
+
+class Detached(web.StreamResponse):
+    """What the handler returns once the socket is the `Connection`'s: aiohttp writes
+    nothing and, its transport gone, ends the request."""
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None

@@ -10,9 +10,11 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
+from app import wsframe
 from app.client import Closed, Refused, SignalingClient
 from app.limits import RateLimit
 from app.peer import Peer
+from app.ws import Detached, let_go
 from tests.support.cluster import NodeFactory
 from tests.support.peers import barrier, refusal
 
@@ -165,18 +167,19 @@ async def test_queued_frames_of_every_length_class_arrive_intact_and_in_order(
     frames = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (n - 16)) for i, n in enumerate(lengths)]
     assert [len(f) for f in frames] == lengths
 
-    async def handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
+    async def handler(request: web.Request) -> web.StreamResponse:
         peer = Peer("r", "p", "c", 1 << 24, RateLimit(0, 1, 0))
         peer.welcome = b'{"type":"welcome"}'
-        for frame in frames:  # all queued before the writer first runs
+        for frame in frames:  # all queued before the socket is attached
             peer.send(frame)
-        peer.attach(ws, request.transport)
-        async for _ in ws:
-            pass
-        await peer.stop()
-        return ws
+        accept = wsframe.accept_key(request.headers)
+        assert accept is not None and request.transport is not None
+        transport = request.transport
+        transport.write(wsframe.switching_protocols(accept, {}))
+        let_go(request.protocol)
+        transport.set_protocol(asyncio.Protocol())
+        peer.attach(transport)
+        return Detached()
 
     app = web.Application()
     app.router.add_get("/", handler)

@@ -1,0 +1,220 @@
+"""RFC 6455 as the node speaks it on the raw socket (app/wsframe.py, app/connection.py):
+what any client library may send (fragments, control frames between them, frames sent
+with the upgrade request, a client-initiated close) works, and broken framing closes
+the connection with the code the RFC names."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import struct
+from typing import Any
+
+import pytest
+
+from app import wsframe
+from app.client import Frame, SignalingClient
+from app.wsframe import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameReader
+from tests.support.cluster import NodeFactory
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
+                 masked: bool = True) -> bytes:
+    """A frame as a client sends it (masked), or deliberately broken."""
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | rsv | opcode
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes((b0, mask_bit | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mask_bit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mask_bit | 127, n)
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+async def next_of(client: SignalingClient, kind: str) -> Frame:
+    """The next frame of type `kind` (a welcome or notice may come first)."""
+    while (frame := await client.recv()).type != kind:
+        pass
+    return frame
+
+
+def chat(text: str) -> bytes:
+    return json.dumps({"type": "chat", "data": text}, ensure_ascii=False).encode()
+
+
+class RawClient:
+    """A WebSocket client on a bare TCP stream: sends any bytes, reads server frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, url: str, path: str, early: bytes = b"") -> RawClient:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode() + early)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        accept = wsframe.accept_key({"Upgrade": "websocket", "Connection": "Upgrade",
+                                     "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": key})
+        assert f"Sec-WebSocket-Accept: {accept}".encode() in head
+        return cls(reader, writer)
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def frame(self) -> tuple[int, bytes]:
+        b0, b1 = await self.reader.readexactly(2)
+        assert not b1 & 0x80, "server frames are never masked"
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", await self.reader.readexactly(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+        return b0 & 0x0F, await self.reader.readexactly(n)
+
+    async def json(self) -> dict[str, Any]:
+        opcode, payload = await self.frame()
+        assert opcode == OP_TEXT, (opcode, payload)
+        decoded: dict[str, Any] = json.loads(payload)
+        return decoded
+
+    async def closed_with(self) -> int:
+        """Read until the server's close frame; then the server ends the TCP connection."""
+        async with asyncio.timeout(5):
+            while True:
+                opcode, payload = await self.frame()
+                if opcode == OP_CLOSE:
+                    code: int = struct.unpack("!H", payload[:2])[0]
+                    assert await self.reader.read() == b""
+                    return code
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+# -- the reader alone -----------------------------------------------------------------------
+
+def test_reader_joins_fragments_across_any_split_and_passes_control_frames_between() -> None:
+    stream = (client_frame(OP_TEXT, b"he", fin=False) + client_frame(OP_PING, b"p")
+              + client_frame(OP_CONT, b"ll", fin=False) + client_frame(OP_CONT, b"o")
+              + client_frame(OP_TEXT, b"x" * 70000) + client_frame(OP_BINARY, b"\x00"))
+    expected = [(OP_PING, b"p"), (OP_TEXT, b"hello"), (OP_TEXT, b"x" * 70000),
+                (OP_BINARY, b"\x00")]
+    for step in (1, 3, 7, 1000, len(stream)):
+        reader = FrameReader(100000)
+        got = []
+        for i in range(0, len(stream), step):
+            got += reader.feed(stream[i:i + step])
+        assert got == expected and not reader.pending, step
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    (client_frame(OP_TEXT, b"hi", masked=False), 1002),
+    (client_frame(OP_TEXT, b"hi", rsv=0x40), 1002),
+    (client_frame(0x3, b"hi"), 1002),
+    (client_frame(OP_CONT, b"hi"), 1002),
+    (client_frame(OP_PING, b"p", fin=False), 1002),
+    (client_frame(OP_PING, b"p" * 126), 1002),
+    (client_frame(OP_TEXT, b"a", fin=False) + client_frame(OP_TEXT, b"b"), 1002),
+    (client_frame(OP_TEXT, b"x" * 101), 1009),
+    (client_frame(OP_TEXT, b"x" * 60, fin=False) + client_frame(OP_CONT, b"x" * 60), 1009),
+])
+def test_reader_refuses_what_rfc_6455_forbids(data: bytes, code: int) -> None:
+    with pytest.raises(wsframe.ProtocolViolation) as refused:
+        FrameReader(100).feed(data)
+    assert refused.value.code == code
+
+
+def test_oversized_frame_is_refused_from_its_header_before_its_payload_arrives() -> None:
+    head = client_frame(OP_TEXT, b"x" * 200)[:8]
+    with pytest.raises(wsframe.ProtocolViolation):
+        FrameReader(100).feed(head)
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    (b"", (1005, "")), (struct.pack("!H", 4000) + b"bye", (4000, "bye")),
+])
+def test_close_payloads(payload: bytes, expected: tuple[int, str]) -> None:
+    assert wsframe.parse_close(payload) == expected
+
+
+@pytest.mark.parametrize("payload", [b"\x03", struct.pack("!H", 1005), struct.pack("!H", 999),
+                                     struct.pack("!H", 1000) + b"\xff"])
+def test_bad_close_payloads(payload: bytes) -> None:
+    with pytest.raises(wsframe.ProtocolViolation):
+        wsframe.parse_close(payload)
+
+
+def test_server_frames_use_the_shortest_length_form() -> None:
+    for n, head in ((125, 2), (126, 4), (65535, 4), (65536, 10)):
+        assert len(wsframe.text_frame(b"x" * n)) == n + head
+
+
+# -- on a node ------------------------------------------------------------------------------
+
+async def test_fragmented_chat_with_a_ping_between_its_parts_is_answered_and_delivered(
+        url: str) -> None:
+    bob = await SignalingClient.connect(url, "room", "bob")
+    raw = await RawClient.connect(url, "/ws/room/alice")
+    assert (await raw.json())["type"] == "welcome"
+    text = chat("é" * 20000)  # the UTF-8 of one character split across two fragments
+    cut = text.index(b"\xc3\xa9") + 1
+    raw.send(client_frame(OP_TEXT, text[:cut], fin=False) + client_frame(OP_PING, b"hb")
+             + client_frame(OP_CONT, text[cut:]))
+    assert await raw.frame() == (OP_PONG, b"hb")
+    assert (await raw.json())["data"] == "é" * 20000  # the sender's own echo
+    got = await next_of(bob, "chat")
+    assert got.data == "é" * 20000 and got.raw["from"] == "alice"
+    await raw.aclose()
+    await bob.close()
+
+
+async def test_frames_sent_together_with_the_upgrade_request_are_handled(url: str) -> None:
+    raw = await RawClient.connect(url, "/ws/room/alice",
+                                  early=client_frame(OP_TEXT, b'{"type": "ping"}'))
+    assert (await raw.json())["type"] == "welcome"
+    assert await raw.json() == {"type": "pong"}
+    await raw.aclose()
+
+
+async def test_client_close_is_echoed_and_the_others_hear_peer_left(url: str) -> None:
+    bob = await SignalingClient.connect(url, "room", "bob")
+    raw = await RawClient.connect(url, "/ws/room/alice")
+    await raw.json()
+    raw.send(client_frame(OP_CLOSE, struct.pack("!H", 4000) + b"done"))
+    assert await raw.closed_with() == 4000
+    assert (await next_of(bob, "peer-left")).data == "alice"
+    await raw.aclose()
+    await bob.close()
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    (client_frame(OP_TEXT, b'{"type": "ping"}', masked=False), 1002),
+    (client_frame(OP_TEXT, b'{"type": "ping"}', rsv=0x20), 1002),
+    (client_frame(OP_CLOSE, struct.pack("!H", 1005)), 1002),
+    (client_frame(OP_TEXT, b"x" * 5000, fin=False) + client_frame(OP_CONT, b"x" * 5000), 1009),
+])
+async def test_broken_framing_closes_with_the_rfc_code_and_the_peer_leaves(
+        make_node: NodeFactory, data: bytes, code: int) -> None:
+    url = await make_node(hard_frame_bytes=8000)
+    bob = await SignalingClient.connect(url, "room", "bob")
+    raw = await RawClient.connect(url, "/ws/room/alice")
+    await raw.json()
+    raw.send(data)
+    assert await raw.closed_with() == code
+    assert (await next_of(bob, "peer-left")).data == "alice"
+    await raw.aclose()
+    await bob.close()
