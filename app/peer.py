@@ -1,10 +1,11 @@
 """One connected client: its identity, what it was told, and its outgoing frames.
 
 Frames reach a peer from the backend's reader, which must never wait for a client. So
-`send` writes straight to the socket while the transport takes more, and otherwise appends
-to this peer's queue, flushed (several frames per write) when the transport asks for more
-(`resume_writing`). A peer whose unsent frames exceed the queue limit is closed (1008)
-instead of growing memory. No task per connection: reading is `app/connection.py`.
+`send` only queues; at the end of the event-loop turn (`Outbox`) each peer with queued
+frames writes them in one call, several frames per syscall under load. While the transport
+is paused (its buffer is full) the queue waits for `resume_writing`. A peer whose unsent
+frames exceed the queue limit is closed (1008) instead of growing memory. No task per
+connection: reading is `app/connection.py`.
 """
 
 from __future__ import annotations
@@ -25,15 +26,36 @@ BATCH_BYTES = 65536  # at most this much payload per coalesced write
 CLOSE_POLICY_VIOLATION = 1008
 
 
+class Outbox:
+    """Writes what peers were sent during one event-loop turn, at its end: one write per
+    peer per turn instead of one per frame (a node's Redis reader hands over frames in
+    batches, so under load a peer gets several per turn)."""
+
+    __slots__ = ("_dirty",)
+
+    def __init__(self) -> None:
+        self._dirty: list[Peer] = []
+
+    def mark(self, peer: Peer) -> None:
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._dirty.append(peer)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for peer in dirty:
+            peer.flush()
+
+
 class Peer:
     __slots__ = (
-        "_backlog", "_bytes", "_closing", "_cutoff", "_limit", "_paused", "_queue", "_timer",
-        "_transport", "conn", "id", "known", "overflowed", "perms", "rate", "replaced", "room",
-        "welcome",
+        "_backlog", "_bytes", "_closing", "_cutoff", "_limit", "_outbox", "_paused", "_queue",
+        "_timer", "_transport", "conn", "id", "known", "overflowed", "perms", "rate",
+        "replaced", "room", "welcome",
     )
 
     def __init__(self, room: str, peer_id: str, conn: str, queue_limit: int,
-                 rate: RateLimit) -> None:
+                 rate: RateLimit, outbox: Outbox) -> None:
         self.room = room
         self.id = peer_id
         self.conn = conn
@@ -51,23 +73,22 @@ class Peer:
         self._queue: deque[bytes] | None = None  # created when first needed
         self._bytes = 0
         self._limit = queue_limit
+        self._outbox = outbox
         self._closing: tuple[int, str] | None = None
         self._timer: asyncio.TimerHandle | None = None  # token expiry
         self._cutoff: asyncio.TimerHandle | None = None  # aborts a close the client ignores
 
     def send(self, frame: bytes) -> None:
-        """Send one frame (encoded JSON): to the socket if it takes it, else queued.
-
-        Never blocks. Order holds: the socket is written only with nothing queued.
-        """
+        """Queue one frame (encoded JSON); it is written at the end of this loop turn, or
+        once the transport takes more. Never blocks."""
         if self._closing is not None:
             return
-        if self._transport is not None and not self._paused and not self._queue:
-            self._transport.write(text_frame(frame))
-            return
-        if self._queue is None:
-            self._queue = deque()
-        self._queue.append(frame)
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+            if self._transport is not None and not self._paused:
+                self._outbox.mark(self)
+        queue.append(frame)
         self._bytes += len(frame)
         if self._bytes > self._limit:
             log.warning("send queue full, closing peer", room=self.room, peer=self.id,
@@ -129,7 +150,7 @@ class Peer:
             return
         transport.write(text_frame(self.welcome))
         self.welcome = b""  # sent once: an idle connection should not hold it
-        self._flush()
+        self.flush()
 
     def detach(self) -> None:
         """The connection is over: nothing more is written, timers stop."""
@@ -146,7 +167,7 @@ class Peer:
 
     def resume_writing(self) -> None:
         self._paused = False
-        self._flush()
+        self.flush()
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection from the node's side (takeover, overflow, shutdown)."""
@@ -167,7 +188,7 @@ class Peer:
     def closing(self) -> bool:
         return self._closing is not None
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Write queued frames, up to BATCH_BYTES per syscall, while the transport takes
         them; the rest waits for `resume_writing`."""
         queue, transport = self._queue, self._transport

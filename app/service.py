@@ -29,7 +29,7 @@ from app.ice import IceServers
 from app.ids import is_valid_peer, new_conn_id
 from app.limits import RateLimit, Verdict
 from app.metrics import OK, NodeMetrics
-from app.peer import Peer
+from app.peer import Outbox, Peer
 from app.protocol import ErrorCode, FrameError
 from app.repair import Repair
 from app.rooms import LocalRoom
@@ -64,6 +64,7 @@ class SignalingService:
         )
         self.ice = IceServers.from_settings(settings)
         self.draining = False
+        self.outbox = Outbox()
         self.repair = Repair(self)
         self._no_rooms = asyncio.Event()
         self._no_rooms.set()
@@ -182,7 +183,7 @@ class SignalingService:
     def _new_peer(self, room: str, peer_id: str) -> Peer:
         s = self.settings
         rate = RateLimit(s.rate_limit_per_s, s.rate_limit_burst, s.rate_limit_strikes)
-        return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, rate)
+        return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, rate, self.outbox)
 
     def peers(self) -> list[Peer]:
         return [peer for local in self.rooms.values() for peer in local.conns.values()]
