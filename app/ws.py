@@ -1,10 +1,10 @@
-"""The WebSocket endpoint: checks before the upgrade, then one receive loop per client.
+"""The WebSocket endpoint: checks before the upgrade, then the socket changes hands.
 
 Everything that can refuse a client (bad ids, origin, token, draining node, backend down,
 too many connections, full room or node) happens before the upgrade, so the client sees
 an HTTP status with a JSON body instead of a silent close (`app/admission.py` holds the
-request checks). After the upgrade this module only turns WebSocket messages into calls
-on the service.
+request checks). After the upgrade the socket belongs to a `Connection`
+(`app/connection.py`), which turns WebSocket frames into calls on the service.
 """
 
 from __future__ import annotations
