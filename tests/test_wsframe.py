@@ -13,6 +13,8 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app import wsframe
 from app.client import Frame, SignalingClient
@@ -119,6 +121,42 @@ def test_reader_joins_fragments_across_any_split_and_passes_control_frames_betwe
         for i in range(0, len(stream), step):
             got += reader.feed(stream[i:i + step])
         assert got == expected and not reader.pending, step
+
+
+payloads = st.binary(max_size=300) | st.sampled_from([b"x" * 125, b"y" * 126, b"z" * 65536])
+
+
+@st.composite
+def client_streams(draw: st.DrawFn) -> tuple[bytes, list[tuple[int, bytes]], list[int]]:
+    """Messages, each whole or in fragments with pings/pongs between them, encoded as a
+    client sends them, and where the network cuts the stream."""
+    stream, expected = b"", []
+    for _ in range(draw(st.integers(1, 6))):
+        opcode = draw(st.sampled_from([OP_TEXT, OP_BINARY]))
+        parts = draw(st.lists(payloads, min_size=1, max_size=4))
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            stream += client_frame(opcode if i == 0 else OP_CONT, part, fin=last)
+            if not last and draw(st.booleans()):
+                control = draw(st.sampled_from([OP_PING, OP_PONG]))
+                body = draw(st.binary(max_size=125))
+                stream += client_frame(control, body)
+                expected.append((control, body))
+        expected.append((opcode, b"".join(parts)))
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    return stream, expected, cuts
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=client_streams())
+def test_reader_yields_the_same_messages_however_the_stream_is_cut(
+        case: tuple[bytes, list[tuple[int, bytes]], list[int]]) -> None:
+    stream, expected, cuts = case
+    reader = FrameReader(1 << 20)
+    got = []
+    for start, stop in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        got += reader.feed(stream[start:stop])
+    assert got == expected and not reader.pending
 
 
 @pytest.mark.parametrize(("data", "code"), [
