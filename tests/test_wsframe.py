@@ -17,9 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import wsframe
+from app.backend.memory import MemoryBackend
 from app.client import Frame, SignalingClient
+from app.config import Settings
+from app.server import create_app
 from app.wsframe import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameReader
-from tests.support.cluster import NodeFactory
+from tests.conftest import StartServer
+from tests.support.cluster import NodeFactory, node_settings
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
@@ -256,3 +260,45 @@ async def test_broken_framing_closes_with_the_rfc_code_and_the_peer_leaves(
     assert (await next_of(bob, "peer-left")).data == "alice"
     await raw.aclose()
     await bob.close()
+
+
+class GatedBackend(MemoryBackend):
+    """A backend whose publishing waits while `gate` is closed, as Redis does when the
+    node's write buffer to it is full."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
+        if not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        return await super().publish(room, envelope)
+
+
+async def test_a_frame_whose_handling_waits_holds_back_the_clients_later_frames(
+        start_server: StartServer) -> None:
+    """The usual frame is handled inside data_received; one that must wait pauses
+    reading, and the client's later frames follow it in order once it is through."""
+    backends: list[GatedBackend] = []
+
+    def factory(settings: Settings) -> GatedBackend:
+        backends.append(GatedBackend(settings.node_id))
+        return backends[-1]
+
+    server = await start_server(create_app(node_settings(0), factory))
+    url = str(server.make_url("")).rstrip("/")
+    alice = await SignalingClient.connect(url, "room", "alice")
+    for n in range(3):
+        await alice.chat(f"m{n}")
+    await alice.ping()  # needs no backend, but comes after the chats
+    await asyncio.wait_for(backends[0].waiting.wait(), 5)
+    with pytest.raises(TimeoutError):  # read on, the ping would be answered at once
+        await alice.recv(timeout=0.2)
+    backends[0].gate.set()
+    got = [(await alice.recv()).raw for _ in range(4)]
+    assert [g["data"] for g in got if g["type"] == "chat"] == ["m0", "m1", "m2"]
+    assert {"type": "pong"} in got
+    await alice.close()
