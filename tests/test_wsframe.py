@@ -302,3 +302,20 @@ async def test_a_frame_whose_handling_waits_holds_back_the_clients_later_frames(
     assert [g["data"] for g in got if g["type"] == "chat"] == ["m0", "m1", "m2"]
     assert {"type": "pong"} in got
     await alice.close()
+
+
+async def test_aiohttp_lets_go_of_upgraded_connections(start_server: StartServer) -> None:
+    """After the upgrade aiohttp keeps nothing of the connection (app/ws.py `let_go`):
+    its server lists no request handler for it, and the socket still works."""
+    server = await start_server(create_app(node_settings(0)))
+    url = str(server.make_url("")).rstrip("/")
+    clients = [await SignalingClient.connect(url, "room", f"p{i}") for i in range(3)]
+    assert server.runner is not None and server.runner.server is not None
+    handlers = [task for task in asyncio.all_tasks()
+                if getattr(task.get_coro(), "__qualname__", "") == "RequestHandler.start"]
+    await asyncio.wait_for(asyncio.gather(*handlers), 5)  # each ends just after its upgrade
+    assert server.runner.server.connections == []
+    await clients[0].ice("p1", {"n": 1})
+    assert (await next_of(clients[1], "ice")).data == {"n": 1}
+    for client in clients:
+        await client.close()
