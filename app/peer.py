@@ -174,6 +174,8 @@ class Peer:
         if self._closing is not None:
             return
         self._closing = (code, reason)
+        if self._transport is not None and not self._paused:
+            self.flush()  # frames sent before the close (this turn's) still go first
         self._queue = None
         self._bytes = 0
         if self._transport is not None:

@@ -20,6 +20,8 @@ from app import wsframe
 from app.backend.memory import MemoryBackend
 from app.client import Frame, SignalingClient
 from app.config import Settings
+from app.limits import RateLimit
+from app.peer import Outbox, Peer
 from app.server import create_app
 from app.wsframe import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameReader
 from tests.conftest import StartServer
@@ -319,3 +321,36 @@ async def test_aiohttp_lets_go_of_upgraded_connections(start_server: StartServer
     assert (await next_of(clients[1], "ice")).data == {"n": 1}
     for client in clients:
         await client.close()
+
+
+class Recorder(asyncio.Transport):
+    """A transport that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_frames_sent_in_the_turn_of_a_close_go_out_before_the_close_frame() -> None:
+    """A relay delivered just before a kick (same Redis batch) still reaches the client."""
+    peer = Peer("r", "p", "c", 1 << 20, RateLimit(0, 1, 0), Outbox())
+    transport = Recorder()
+    peer.attach(transport)
+    transport.written = b""  # the welcome
+    peer.send(b'{"n":1}')
+    peer.send(b'{"n":2}')
+    peer.close(4002, "kicked")
+    peer.send(b'{"n":3}')  # after the close: dropped
+    assert transport.written == (wsframe.text_frame(b'{"n":1}') + wsframe.text_frame(b'{"n":2}')
+                                 + wsframe.close_frame(4002, "kicked"))
+    peer.detach()
