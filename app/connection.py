@@ -121,8 +121,9 @@ class Connection(asyncio.Protocol):
                 if not self.peer.closing:
                     self._service.handle_binary(self.peer)
             elif opcode == OP_PING:
-                if not self.peer.closing and self.transport is not None:
-                    self.transport.write(wsframe.frame(OP_PONG, payload))
+                transport = self.transport
+                if not self.peer.closing and transport is not None and not transport.is_closing():
+                    transport.write(wsframe.frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
                 self._closed_by_client(payload)
                 return
@@ -183,7 +184,7 @@ class Connection(asyncio.Protocol):
     def beat(self) -> None:
         """One heartbeat sweep: ping a quiet client; drop one that did not answer a ping."""
         transport = self.transport
-        if transport is None:
+        if transport is None or transport.is_closing():
             return
         if self._heard:
             self._heard = self._pinged = False
@@ -253,9 +254,9 @@ class Sockets:
             conn.release()
 
     def _sweep(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep)
         for conn in list(self._open):
             conn.beat()
-        self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep)
 
     async def close(self) -> None:
         """At shutdown, after the peers were sent 1001: cut what is left, wait for leaves."""

@@ -44,7 +44,10 @@ class Outbox:
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, []
         for peer in dirty:
-            peer.flush()
+            try:
+                peer.flush()
+            except Exception:  # one peer's failure must not hold up the others' frames
+                log.exception("writing to a peer failed", room=peer.room, peer=peer.id)
 
 
 class Peer:
@@ -194,7 +197,9 @@ class Peer:
         """Write queued frames, up to BATCH_BYTES per syscall, while the transport takes
         them; the rest waits for `resume_writing`."""
         queue, transport = self._queue, self._transport
-        while queue and transport is not None and not self._paused:
+        # is_closing: the socket may be closed a moment before `detach` (connection_lost)
+        # runs, and uvloop raises on a write to a closed one.
+        while queue and transport is not None and not self._paused and not transport.is_closing():
             out: list[bytes] = []
             size = 0
             while queue and size < BATCH_BYTES:

@@ -332,6 +332,8 @@ class Recorder(asyncio.Transport):
         self.aborted = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.aborted:  # as uvloop does once the socket is closed
+            raise RuntimeError("unable to perform operation: the handler is closed")
         self.written += bytes(data)
 
     def is_closing(self) -> bool:
@@ -354,3 +356,19 @@ async def test_frames_sent_in_the_turn_of_a_close_go_out_before_the_close_frame(
     assert transport.written == (wsframe.text_frame(b'{"n":1}') + wsframe.text_frame(b'{"n":2}')
                                  + wsframe.close_frame(4002, "kicked"))
     peer.detach()
+
+
+async def test_frames_for_a_socket_closed_before_its_connection_lost_are_not_written() -> None:
+    """uvloop closes a socket a moment before it reports connection_lost; a flush in
+    between must neither raise nor hold up the other peers' frames."""
+    outbox = Outbox()
+    gone, other = (Peer("r", p, p, 1 << 20, RateLimit(0, 1, 0), outbox) for p in ("a", "b"))
+    gone_socket, other_socket = Recorder(), Recorder()
+    gone.attach(gone_socket)
+    other.attach(other_socket)
+    gone_socket.abort()
+    other_socket.written = b""
+    gone.send(b'{"n":1}')
+    other.send(b'{"n":2}')
+    await asyncio.sleep(0)  # the end of this loop turn: the outbox writes
+    assert other_socket.written == wsframe.text_frame(b'{"n":2}')

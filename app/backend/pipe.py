@@ -30,7 +30,9 @@ from app.backend.base import BackendUnavailable
 log = structlog.get_logger(__name__)
 
 Command = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
-LOST = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# uvloop raises RuntimeError ("the handler is closed") when redis-py writes to a socket that
+# Redis already closed but whose end redis-py has not read yet: that too is a lost connection.
+LOST = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, RuntimeError)
 # Replies of a cluster whose slots moved or that is failing over: this server is not the one.
 ELSEWHERE = (MovedError, AskError, TryAgainError, ClusterDownError)
 

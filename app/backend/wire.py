@@ -121,8 +121,11 @@ class RedisWire:
 
     def _flush(self) -> None:
         self._flush_at_turn_end = False
-        if self._proto is not None and self._proto.transport is not None and self._out:
-            self._proto.transport.write(b"".join(self._out))
+        transport = self._proto.transport if self._proto is not None else None
+        # A socket Redis closed may still be attached until `run` notices: uvloop raises on
+        # a write to it. The commands then fail with the connection (`_drop`).
+        if transport is not None and not transport.is_closing() and self._out:
+            transport.write(b"".join(self._out))
         self._out.clear()
 
     def on_reply(self, reply: Any) -> None:
