@@ -26,8 +26,6 @@ from app.wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameRea
 
 log = structlog.get_logger(__name__)
 
-CLOSE_INTERNAL_ERROR = 1011
-
 
 class _Continue:
     """Lets a Task finish a coroutine that was started synchronously and then suspended.
@@ -138,7 +136,7 @@ class Connection(asyncio.Protocol):
             return False
         except Exception:
             log.exception("frame handling failed", room=self.peer.room, peer=self.peer.id)
-            self._fail(CLOSE_INTERNAL_ERROR, "internal error")
+            self._fail(wsframe.CLOSE_INTERNAL_ERROR, "internal error")
             return False
         self._busy = busy = asyncio.ensure_future(_Continue(coro, waiting))
         busy.add_done_callback(self._handled)
@@ -153,7 +151,7 @@ class Connection(asyncio.Protocol):
         if busy.exception() is not None:
             log.error("frame handling failed", room=self.peer.room, peer=self.peer.id,
                       exc_info=busy.exception())
-            self._fail(CLOSE_INTERNAL_ERROR, "internal error")
+            self._fail(wsframe.CLOSE_INTERNAL_ERROR, "internal error")
             return
         pending, self._pending = self._pending, []
         assert self.transport is not None
@@ -226,9 +224,6 @@ class Sockets:
         self._leaving: set[asyncio.Task[None]] = set()
         self._interval = heartbeat / 2  # a ping after 0.5-1 quiet intervals, dead 0.5 later
         self._timer: asyncio.TimerHandle | None = None
-
-    def __len__(self) -> int:
-        return len(self._open)
 
     def start(self) -> None:
         if self._interval > 0:

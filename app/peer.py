@@ -17,13 +17,12 @@ import structlog
 
 from app.limits import RateLimit
 from app.notices import Notices
-from app.wsframe import close_frame, text_frame
+from app.wsframe import CLOSE_POLICY, close_frame, text_frame
 
 log = structlog.get_logger(__name__)
 
 CLOSE_TIMEOUT = 0.5  # a client that does not take our close frame is cut off after this
 BATCH_BYTES = 65536  # at most this much payload per coalesced write
-CLOSE_POLICY_VIOLATION = 1008
 
 
 class Outbox:
@@ -97,7 +96,7 @@ class Peer:
             log.warning("send queue full, closing peer", room=self.room, peer=self.id,
                         queued_bytes=self._bytes)
             self.overflowed = True
-            self.close(CLOSE_POLICY_VIOLATION, "send queue full")
+            self.close(CLOSE_POLICY, "send queue full")
 
     def hear_join(self, peer: str, takeover: bool, notices: Notices) -> None:
         """Announce `peer` unless this client already knows it (then only a takeover shows)."""

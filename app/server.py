@@ -19,8 +19,9 @@ from app.backend import Backend, create_backend
 from app.config import Settings
 from app.connection import Sockets
 from app.metrics import NodeMetrics
-from app.service import CLOSE_GOING_AWAY, SignalingService
+from app.service import SignalingService
 from app.state import GATE, METRICS, SERVICE, SETTINGS, SOCKETS
+from app.wsframe import CLOSE_GOING_AWAY
 
 log = structlog.get_logger(__name__)
 
@@ -67,8 +68,7 @@ def create_app(
 
     async def close_peers(app: web.Application) -> None:
         metrics.set_draining(True)
-        app[SERVICE].close_all(CLOSE_GOING_AWAY, "node shutting down")
-        await app[SERVICE].settle(4)
+        await app[SERVICE].close_all(CLOSE_GOING_AWAY, "node shutting down")
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_peers)

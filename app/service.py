@@ -33,11 +33,10 @@ from app.peer import Outbox, Peer
 from app.protocol import ErrorCode, FrameError
 from app.repair import Repair
 from app.rooms import LocalRoom
+from app.wsframe import CLOSE_GOING_AWAY, CLOSE_POLICY
 
 log = structlog.get_logger(__name__)
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
 CLOSE_KICKED = 4002  # an operator kicked the peer (admin API)
 CLOSE_ROOM_CLOSED = 4003  # an operator closed the room (admin API)
 CLOSE_TOKEN_EXPIRED = 4004  # the peer's token expired (token auth): reconnect with a new one
@@ -109,7 +108,6 @@ class SignalingService:
             del local.active[peer.id]
         if peer.overflowed:
             self.metrics.queue_overflows.inc()
-        peer.detach()
         try:
             if peer.replaced:
                 await self._release(peer)
@@ -197,10 +195,13 @@ class SignalingService:
         sent = await self.backend.publish(room, envelope.kick(self.node_id, peer, code, reason))
         await sent
 
-    def close_all(self, code: int, reason: str) -> None:
-        """Close every local connection; their handlers then leave as usual."""
+    async def close_all(self, code: int, reason: str, within: float = 4) -> None:
+        """Close every local connection and wait (at most `within` seconds) until each
+        connection's end has made its peer leave."""
         for peer in self.peers():
             peer.close(code, reason)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_rooms.wait(), within)
 
     async def drain(self, seconds: float, now: asyncio.Event) -> None:
         """Refuse new peers at once; after `seconds` (or when `now` is set) close the rest.
@@ -212,13 +213,7 @@ class SignalingService:
         log.info("draining", seconds=seconds, peers=len(self.peers()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(now.wait(), seconds)
-        self.close_all(CLOSE_GOING_AWAY, "node shutting down")
-        await self.settle(4)
-
-    async def settle(self, seconds: float) -> None:
-        """Wait (at most `seconds`) until every closed connection has left its room."""
-        with contextlib.suppress(TimeoutError):  # each connection's end makes it leave
-            await asyncio.wait_for(self._no_rooms.wait(), seconds)
+        await self.close_all(CLOSE_GOING_AWAY, "node shutting down")
 
     # -- frames from clients ---------------------------------------------------------------
 

@@ -19,10 +19,13 @@ _DATA_OPS = (OP_TEXT, OP_BINARY)
 _CONTROL_OPS = (OP_CLOSE, OP_PING, OP_PONG)
 
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_NO_STATUS = 1005  # received close frame had no code (never sent on the wire)
 CLOSE_INVALID_TEXT = 1007
+CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _LEN2 = struct.Struct("!BBH").pack
@@ -76,6 +79,7 @@ def frame(opcode: int, payload: bytes) -> bytes:
 
 
 def text_frame(payload: bytes) -> bytes:
+    """`frame(OP_TEXT, ...)`, with the usual short frame built inline (once per delivery)."""
     n = len(payload)
     if n < 126:
         return bytes((0x81, n)) + payload
