@@ -19,9 +19,10 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -83,7 +84,7 @@ async def watch(client: AnyRedis, keys: Keys, room: str, out: TextIO) -> None:
     try:
         await _print_envelopes(lambda: pubsub.get_message(timeout=1.0), channel, out)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
 
 
 async def _print_envelopes(next_message: Callable[[], Awaitable[Any]], channel: str,
@@ -168,7 +169,7 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
         return 2
     try:
         if args.command == "watch":
-            await watch(client, keys, args.room, out)
+            await until_signalled(watch(client, keys, args.room, out))
             return 0
         return await show(client, keys, args.command, getattr(args, "room", None),
                           getattr(args, "json", False), out)
@@ -177,6 +178,22 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
         return 1
     finally:
         await close_client(client)
+
+
+async def until_signalled(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` until it ends or SIGINT/SIGTERM arrives. The handlers are the loop's own,
+    so Ctrl-C stops `watch` even when the shell started it with SIGINT ignored (`setsid`,
+    `nohup`, a CI runner), and so does the SIGTERM a supervisor sends."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

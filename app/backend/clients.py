@@ -75,7 +75,7 @@ async def close_client(client: AnyRedis) -> None:
 
 def _sentinel_master(target: RedisTarget) -> Redis:
     no_retry = Retry(NoBackoff(), 0)
-    sentinel = Sentinel(target.hosts, sentinel_kwargs={  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(target.hosts, sentinel_kwargs={
         "password": target.sentinel_password, "retry": no_retry, "protocol": 2, **TIMEOUTS})
     master: Redis = sentinel.master_for(
         target.service, db=target.db, username=target.username, password=target.password,
