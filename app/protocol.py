@@ -56,7 +56,7 @@ def parse_frame(text: str, max_depth: int = 32) -> Inbound:
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise FrameError(ErrorCode.BAD_MESSAGE, f"not strict JSON: {exc}") from None
+        raise FrameError(ErrorCode.BAD_MESSAGE, json_problem(exc, text)) from None
     if not isinstance(obj, dict):
         raise FrameError(ErrorCode.BAD_MESSAGE, "a frame must be a JSON object")
     # Fewer brackets than the limit cannot nest deeper than it: skip the walk (C-speed count).
@@ -69,6 +69,32 @@ def parse_frame(text: str, max_depth: int = 32) -> Inbound:
     if kind in RELAY_TYPES and not isinstance(to, str):
         raise FrameError(ErrorCode.BAD_MESSAGE, f"'{kind}' needs 'to', a peer id string")
     return Inbound(kind, to if isinstance(to, str) else None, obj.get("data"))
+
+
+def json_problem(exc: orjson.JSONDecodeError, text: str) -> str:
+    """What was wrong with a frame that is not strict JSON, in words, and where."""
+    if not text.strip():
+        return "the frame is empty: send one JSON object"
+    where = f"at line {exc.lineno}, column {exc.colno}"
+    word = text[exc.pos:exc.pos + 9].lstrip("-")
+    if word.startswith(("NaN", "Infinity")):
+        return f"not valid JSON {where}: NaN and Infinity are not JSON numbers"
+    reason = _PLAIN.get(exc.msg, exc.msg)
+    return f"not valid JSON {where}: {reason}"
+
+
+# orjson's wording where it speaks of its own internals; the rest reads plainly as it is.
+_PLAIN = {
+    "number is infinity when parsed as double": "the number is too large (beyond a double)",
+    "no low surrogate in string": "a \\uD800-\\uDBFF escape must be followed by a \\uDC00-"
+                                  "\\uDFFF one (a lone surrogate is not a character)",
+    "invalid low surrogate in string": "a \\uD800-\\uDBFF escape must be followed by a "
+                                       "\\uDC00-\\uDFFF one (a lone surrogate is not a character)",
+    "invalid high surrogate in string": "a \\uDC00-\\uDFFF escape must follow a \\uD800-"
+                                        "\\uDBFF one (a lone surrogate is not a character)",
+    "unexpected control character in string": "control characters (below U+0020) must be "
+                                              "escaped inside strings",
+}
 
 
 def depth(obj: Any) -> int:

@@ -206,13 +206,19 @@ class SignalingService:
     async def drain(self, seconds: float, now: asyncio.Event) -> None:
         """Refuse new peers at once; after `seconds` (or when `now` is set) close the rest.
 
-        Clients closed with 1001 reconnect through the load balancer to another node.
+        Clients closed with 1001 reconnect through the load balancer to another node. A node
+        without peers, or whose last peer leaves meanwhile, has nothing to wait for: new
+        upgrades are refused already, so it stops at once.
         """
         self.draining = True
         self.metrics.set_draining(True)
         log.info("draining", seconds=seconds, peers=len(self.peers()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(now.wait(), seconds)
+        waits = [asyncio.ensure_future(now.wait()), asyncio.ensure_future(self._no_rooms.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
         await self.close_all(CLOSE_GOING_AWAY, "node shutting down")
 
     # -- frames from clients ---------------------------------------------------------------

@@ -1,10 +1,11 @@
 """`python -m deploy.local --nodes 3`: the production topology on one machine, no Docker.
 
-redis-server (on a free port, unless `--redis-url` is given), N nodes (`python -m app`),
-the workers, and nginx rendered from the repository's `nginx.conf` for local ports, each
-a child process whose output is shown line by line behind its label. Ctrl-C or SIGTERM
-stops everything (a second one stops it at once): workers and nodes first, so their peers
-get 1001 through nginx, then nginx, then Redis; nothing is left running.
+redis-server (on port 6390, which the recipes in README and docs/ use; `--redis-port 0`
+picks a free one, `--redis-url` uses yours), N nodes (`python -m app`), the workers, and
+nginx rendered from the repository's `nginx.conf` for local ports, each a child process
+whose output is shown line by line behind its label. Ctrl-C or SIGTERM stops everything (a
+second one stops it at once): the nodes first, so their peers get 1001 through nginx while
+the reaper still runs, then the workers, then nginx, then Redis; nothing is left running.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from deploy.children import (
     LaunchError,
     free_port,
     http_ok,
+    port_free,
     redis_pong,
     spawn,
     wait_ready,
@@ -49,6 +51,8 @@ DEBIAN_PACKAGES = {"redis-server": "redis-server", "nginx": "nginx-light"}
 # Debian installs nginx in /usr/sbin, which is not on a normal user's PATH.
 SYSTEM_DIRS = "/usr/sbin:/sbin"
 
+# Not Redis's 6379, which a machine often runs already; the docs' redis-cli lines use it.
+REDIS_PORT = 6390
 START_TIMEOUT = 20.0
 # A draining node exits within DRAIN_SECONDS + 5 s (10 s by default); then SIGKILL.
 STOP_TIMEOUT = 15.0
@@ -59,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--port", type=int, default=8080,
                    help="nginx's port on 127.0.0.1 (default 8080; 0 picks a free one)")
+    p.add_argument("--redis-port", type=int, default=REDIS_PORT,
+                   help=f"port of the redis-server it starts (default {REDIS_PORT}; 0 picks "
+                        "a free one)")
     p.add_argument("--redis-url", help="use this Redis instead of starting redis-server")
     p.add_argument("--key-prefix", default=None, help="KEY_PREFIX for nodes and workers")
     args = p.parse_args(argv)
@@ -129,14 +136,18 @@ class Topology:
         self.url = f"http://127.0.0.1:{public_port}"
 
     async def _start_redis(self) -> str:
-        port = free_port()
+        port = self.args.redis_port or free_port()
+        if not port_free(port):
+            raise LaunchError(
+                f"port {port} is taken (another ./scripts/serve --cluster, or a Redis?): stop "
+                "it, or pass --redis-port 0 for a free port or --redis-url to use a running Redis")
         child = await spawn(self.console, "redis", [
             self.programs["redis-server"], "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.tmp)])
         self.redis.append(child)
         await wait_ready(child, redis_pong(port), START_TIMEOUT)
         url = f"redis://127.0.0.1:{port}/0"
-        self.console.say("local", f"redis  {url}")
+        self.console.say("local", f"redis  REDIS_URL={url}  inspect it with: redis-cli -p {port}")
         return url
 
     async def _start_nodes(self, session: aiohttp.ClientSession, redis_url: str,
@@ -195,7 +206,8 @@ class Topology:
         return child
 
     async def stop(self) -> None:
-        for group in (self.workers, self.nodes, self.nginx, self.redis):
+        # Nodes drain through nginx while the reaper can still clean up after any that dies.
+        for group in (self.nodes, self.workers, self.nginx, self.redis):
             await asyncio.gather(*(c.stop(STOP_TIMEOUT) for c in group))
         shutil.rmtree(self.tmp, ignore_errors=True)
 

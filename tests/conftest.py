@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from app.backend.clients import plain_client
 from app.backend.redis import client_from_url
 from app.keys import Keys
 from app.server import create_app
+from tests.support import hygiene
 from tests.support.cluster import (
     ADMIN_TOKEN,
     Cluster,
@@ -25,6 +27,27 @@ from tests.support.procs import NodeProcess, RedisServer, wait_until
 from tests.support.redis_setups import ClusterServers
 
 IN_PROCESS = ("memory", "fakeredis", "redis")
+_SESSION: dict[str, Any] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _SESSION["root"] = hygiene.start()
+    _SESSION["started"] = time.monotonic()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if "root" in _SESSION:
+        _SESSION["left"] = hygiene.finish(_SESSION.pop("root"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    left = hygiene.marked_processes()
+    if left:
+        terminalreporter.write_line(
+            f"stopping {len(left)} process(es) the tests left running: "
+            + "; ".join(hygiene.describe(pid) for pid in left), yellow=True)
+    seconds = time.monotonic() - _SESSION.get("started", time.monotonic())
+    terminalreporter.write_line(f"suite duration: {seconds:.0f} s")
 StartServer = Callable[[web.Application], Awaitable[TestServer]]
 
 
@@ -33,7 +56,7 @@ def redis_server() -> Iterator[RedisServer]:
     """One private redis-server for the session; tests isolate by key prefix and room."""
     server = RedisServer().start()
     yield server
-    server.kill()
+    server.close()
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +90,7 @@ def start_nodes(url: str, name: str, prefix: str, count: int = 2) -> Iterator[li
         yield nodes
     finally:
         for node in nodes:
-            node.kill()
+            node.close()
 
 
 @pytest.fixture

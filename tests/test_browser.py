@@ -93,7 +93,7 @@ def whole_site(redis_server: RedisServer) -> Iterator[Site]:
     finally:
         nginx.cleanup()
         for node in nodes:
-            node.kill()
+            node.close()
 
 
 @pytest.fixture
@@ -337,7 +337,7 @@ def token_node() -> Iterator[NodeProcess]:
     try:
         yield node.start()
     finally:
-        node.kill()
+        node.close()
 
 
 def test_with_token_auth_the_page_joins_as_its_tokens_subject(

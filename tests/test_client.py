@@ -73,7 +73,7 @@ def node_pair(redis_server: RedisServer) -> Iterator[list[NodeProcess]]:
         yield nodes
     finally:
         for node in nodes:
-            node.kill()
+            node.close()
 
 
 @pytest.fixture

@@ -233,6 +233,8 @@ def test_dockerfile_is_multi_stage_non_root_without_test_dependencies() -> None:
     assert len(stages) >= 2 and all("slim" in s for s in stages)
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1].split(":")[0] not in ("root", "0")
-    assert re.search(r"pip install \.$", text, re.M) and "[test]" not in text
+    # From the lock, runtime packages only: the same bytes as every other install.
+    assert re.search(r"^RUN uv sync --locked --no-dev --no-editable$", text, re.M)
+    assert "--extra" not in text and "[test]" not in text
     assert "curl" not in text.split("HEALTHCHECK", 1)[1]
 

@@ -87,7 +87,7 @@ class Output:
 
     def close(self, proc: subprocess.Popen[str]) -> None:
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()
             proc.wait()
         self._thread.join(10)
         assert proc.stdout is not None
@@ -99,7 +99,8 @@ def launcher() -> Iterator[tuple[subprocess.Popen[str], Output, int]]:
     """`python -m deploy.local --nodes 2`, started as a user would, ready to serve."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.local", "--nodes", "2", "--port", str(port)],
+        [sys.executable, "-m", "deploy.local", "--nodes", "2", "--port", str(port),
+         "--redis-port", "0"],
         cwd=ROOT, env={**os.environ, "LOG_FORMAT": "console"}, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     out = Output(proc)
@@ -144,6 +145,12 @@ async def test_launcher_runs_the_whole_topology_and_stops_it_leaving_nothing(
         assert re.search(rf"^{label} +\| ", text, re.M), label
     assert re.search(r'^nginx +\| \{.*"uri":"/ws/room/p0"', text, re.M)  # its JSON access log
     assert text.rstrip().endswith("stopped")
+    # Nodes drain while the reaper still runs; nginx and Redis go last.
+    order = [m[1] for m in re.finditer(r"^(\S+) +\| exited with code", text, re.M)]
+    assert order.index("node-1") < order.index("reaper") < order.index("nginx") \
+        < order.index("redis"), order
+    redis_port = int(out.find(r"^local +\| redis +REDIS_URL=\S+:(\d+)/0")[0][1])
+    assert f"inspect it with: redis-cli -p {redis_port}" in text
     for module, needs in deploy.local.WORKERS:  # started when it exists and is configured
         label = module.rsplit(".", 1)[-1]
         said = (f"{label}: module {module} not found, not started"
@@ -166,6 +173,26 @@ async def test_even_kill_9_of_the_launcher_leaves_no_process_behind(
         return not [c for c in children if table.get(c[0], (0, ""))[1] == c[1]]
     await asyncio.to_thread(wait_until, all_gone, 20, "the launcher's children to exit")
     shutil.rmtree(tmp)  # the one thing a killed launcher cannot remove
+
+
+def test_a_taken_redis_port_is_named_with_what_to_do_and_nothing_starts() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "deploy.local", "--nodes", "1", "--port", "0",
+             "--redis-port", str(port)], cwd=ROOT, timeout=30, capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"error: port {port} is taken" in done.stdout
+    assert "--redis-port 0" in done.stdout
+    assert "node-1" not in done.stdout  # nothing else was started
+
+
+def test_the_default_redis_port_is_the_one_the_docs_use() -> None:
+    assert deploy.local.parse_args([]).redis_port == 6390
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert any("redis-cli -p 6390" in p.read_text() for p in docs)
 
 
 def test_launcher_names_the_debian_package_of_a_missing_program(

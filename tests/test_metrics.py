@@ -105,7 +105,7 @@ async def test_redis_errors_are_counted_and_ready_drops(start_server: Any) -> No
         assert after.get("signaling_ready") == 0
         await a.close()
     finally:
-        redis.kill()
+        redis.close()
         if c.redis is not None:
             await c.redis.aclose()
 

@@ -75,5 +75,23 @@ async def test_sigterm_closes_peers_with_1001_and_removes_them(redis_server: Red
         await a.close()
         await b.close()
     finally:
-        one.kill()
+        one.close()
         two.stop()
+
+
+async def test_sigterm_without_peers_exits_at_once_and_a_last_leaver_ends_the_drain() -> None:
+    """DRAIN_SECONDS is how long peers get to leave, not a pause when nobody is there."""
+    idle = NodeProcess({"DRAIN_SECONDS": "60"}).start()
+    idle.signal(signal.SIGTERM)
+    assert idle.proc is not None and idle.proc.wait(5) == 0  # not 60 s
+    busy = NodeProcess({"DRAIN_SECONDS": "60"}).start()
+    try:
+        a = await SignalingClient.connect(busy.url, "room", "alice")
+        busy.signal(signal.SIGTERM)
+        assert busy.proc is not None
+        with pytest.raises(subprocess.TimeoutExpired):
+            busy.proc.wait(1)  # alice still has her minute
+        await a.close()  # the last peer leaves: nothing more to wait for
+        assert busy.proc.wait(5) == 0
+    finally:
+        busy.close()

@@ -102,7 +102,7 @@ async def test_inspector_reads_rooms_and_nodes_on_every_master_and_watches_a_roo
                  for _ in range(3)]
         assert [line.split()[1] for line in lines] == ["join", "join", "chat"]
     finally:
-        watcher.send_signal(signal.SIGINT)
+        watcher.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(watcher.wait(), 10) == 0
     code, out = await inspect(cluster_processes, "rooms", "--json")
     listed = {r["room"]: r["peers"] for r in json.loads(out)}
@@ -146,7 +146,7 @@ async def test_a_killed_node_is_reaped_on_every_master_with_its_room_events(
         await close_all(groups)
     finally:
         for proc in (*nodes, doomed, reaper):
-            proc.kill()
+            proc.close()
 
 
 async def reaped_everywhere(client: object, keys: Keys, rooms: list[str]) -> None:
@@ -214,7 +214,7 @@ def ha_cluster() -> Iterator[tuple[ClusterServers, list[NodeProcess]]]:
         yield servers, nodes
     finally:
         for node in nodes:
-            node.kill()
+            node.close()
         servers.stop()
 
 

@@ -246,7 +246,7 @@ def behind_nginx() -> Iterator[NginxProcess]:
         yield nginx.start()
     finally:
         nginx.cleanup()
-        node.kill()
+        node.close()
 
 
 def from_address(ip: str) -> aiohttp.ClientSession:

@@ -33,7 +33,7 @@ def sentinel() -> Iterator[tuple[SentinelServers, list[NodeProcess], NodeProcess
         yield servers, nodes, reaper
     finally:
         for proc in (*nodes, reaper):
-            proc.kill()
+            proc.close()
         servers.stop()
 
 

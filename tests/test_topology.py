@@ -72,7 +72,7 @@ def topology(redis_server: RedisServer) -> Iterator[Topology]:
     finally:
         nginx.cleanup()
         for node in nodes:
-            node.kill()
+            node.close()
 
 
 @pytest.fixture

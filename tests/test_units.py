@@ -19,7 +19,7 @@ from app.ids import is_valid_id, is_valid_peer, new_peer_id
 from app.keys import Keys
 from app.limits import RateLimit, TokenBucket, Verdict
 from app.main import loop_factory
-from app.protocol import depth
+from app.protocol import ErrorCode, FrameError, depth, parse_frame
 from app.redisurl import RedisTarget, parse_redis_url
 
 
@@ -146,6 +146,29 @@ def test_rate_limit_strikes_build_up_while_flooding_and_wear_off_when_calm(
     assert [rl.check() for _ in range(2)] == [R, C]
     never = RateLimit(rate=1.0, burst=1, strikes=0)
     assert {never.check() for _ in range(100)} == {P, R}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "the frame is empty: send one JSON object"),
+    ("  \n", "the frame is empty: send one JSON object"),
+    ('{"type": "chat", "data": NaN}',
+     "not valid JSON at line 1, column 26: NaN and Infinity are not JSON numbers"),
+    ('{"data": -Infinity}',
+     "not valid JSON at line 1, column 11: NaN and Infinity are not JSON numbers"),
+    ('{"data": 1e400}', "not valid JSON at line 1, column 10: the number is too large"),
+    ('{"data": "\\ud800"}', "not valid JSON at line 1, column 11: a \\uD800-\\uDBFF escape"),
+    ('{"data": "\\udc00"}', "not valid JSON at line 1, column 11: a \\uDC00-\\uDFFF escape"),
+    ('{"data": "a\x01"}', "not valid JSON at line 1, column 12: control characters"),
+    ('{"type": "chat",\n "data": }', "not valid JSON at line 2, column 10: unexpected character"),
+    ('{"type": "chat"} x', "not valid JSON at line 1, column 18: unexpected content after"),
+    ("[1, 2]", "a frame must be a JSON object"),
+])
+def test_bad_message_says_in_words_what_is_wrong_and_where(text: str, message: str) -> None:
+    with pytest.raises(FrameError) as raised:
+        parse_frame(text)
+    assert raised.value.code is ErrorCode.BAD_MESSAGE
+    assert str(raised.value).startswith(message), str(raised.value)
+    assert "orjson" not in str(raised.value) and "double" not in str(raised.value).split("(")[0]
 
 
 def test_json_depth() -> None:

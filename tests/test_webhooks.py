@@ -118,7 +118,7 @@ def workers() -> Iterator[Callable[..., NodeProcess]]:
 
     yield start
     for proc in started:
-        proc.kill()
+        proc.close()
 
 
 def signed_correctly(r: Received) -> bool:

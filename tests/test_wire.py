@@ -23,7 +23,7 @@ from tests.support.procs import RedisServer
 def server() -> Iterator[RedisServer]:
     s = RedisServer().start()
     yield s
-    s.kill()
+    s.close()
 
 
 @pytest.fixture

@@ -23,6 +23,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
+    """Teardown for any child: SIGTERM, which every process we start handles (nodes drain,
+    redis-server and the workers exit), then SIGKILL if it is still there after `grace`.
+    Never raises, so a teardown always goes on to the next process."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_until(check: object, timeout: float, what: str) -> None:
     """Poll a cheap condition (process start-up); fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -65,9 +79,13 @@ class RedisServer:
             return False
 
     def kill(self) -> None:
+        """SIGKILL, as a crash would: for tests of what happens when Redis dies."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def close(self) -> None:
+        terminate(self.proc)
 
     def restart(self) -> RedisServer:
         """Start again on the same port, empty (nothing is persisted)."""
@@ -135,6 +153,11 @@ class NodeProcess:
             raise
 
     def kill(self) -> None:
+        """kill -9, as a crash would: no drain, no clean-up."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def close(self) -> None:
+        """Teardown: SIGTERM (the node drains), SIGKILL if it lingers."""
+        terminate(self.proc)

@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from tests.support.procs import free_port, wait_until
+from tests.support.procs import free_port, terminate, wait_until
 
 BASE = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no",
         "--loglevel", "warning"]
@@ -55,6 +55,9 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def close(self) -> None:
+        terminate(self.proc)
 
     @property
     def alive(self) -> bool:
@@ -132,7 +135,7 @@ class ClusterServers:
 
     def stop(self) -> None:
         for s in self.servers:
-            s.kill()
+            s.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -212,5 +215,5 @@ class SentinelServers:
 
     def stop(self) -> None:
         for s in [*self.sentinels, *self.data]:
-            s.kill()
+            s.close()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -49,5 +49,5 @@ class ProcessCluster:
 
     def stop(self) -> None:
         for proc in self.nodes + self.workers:
-            proc.kill()
-        self.redis.kill()
+            proc.close()
+        self.redis.close()
