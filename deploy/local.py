@@ -53,6 +53,8 @@ SYSTEM_DIRS = "/usr/sbin:/sbin"
 
 # Not Redis's 6379, which a machine often runs already; the docs' redis-cli lines use it.
 REDIS_PORT = 6390
+# Nodes on 3001, 3002, ...: the port of a single `./scripts/serve`, so recipes name node-1.
+NODE_PORT = 3001
 START_TIMEOUT = 20.0
 # A draining node exits within DRAIN_SECONDS + 5 s (10 s by default); then SIGKILL.
 STOP_TIMEOUT = 15.0
@@ -66,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-port", type=int, default=REDIS_PORT,
                    help=f"port of the redis-server it starts (default {REDIS_PORT}; 0 picks "
                         "a free one)")
+    p.add_argument("--node-port", type=int, default=NODE_PORT,
+                   help=f"port of node-1, the others follow (default {NODE_PORT}; 0 picks free "
+                        "ones)")
     p.add_argument("--redis-url", help="use this Redis instead of starting redis-server")
     p.add_argument("--key-prefix", default=None, help="KEY_PREFIX for nodes and workers")
     args = p.parse_args(argv)
@@ -128,6 +133,9 @@ class Topology:
     async def start(self) -> None:
         key_prefix = self.args.key_prefix or os.environ.get("KEY_PREFIX", "sig:")
         public_port = self.args.port or free_port()
+        if not port_free(public_port):
+            raise LaunchError(f"port {public_port} is taken: stop what listens there, or pass "
+                              "--port 0 for a free one")
         async with aiohttp.ClientSession() as session:
             redis_url = self.args.redis_url or await self._start_redis()
             ports = await self._start_nodes(session, redis_url, key_prefix, public_port)
@@ -152,7 +160,14 @@ class Topology:
 
     async def _start_nodes(self, session: aiohttp.ClientSession, redis_url: str,
                            key_prefix: str, public_port: int) -> list[int]:
-        ports = [free_port() for _ in range(self.args.nodes)]
+        first = self.args.node_port
+        ports = ([first + i for i in range(self.args.nodes)] if first
+                 else [free_port() for _ in range(self.args.nodes)])
+        taken = [port for port in ports if not port_free(port)]
+        if taken:
+            raise LaunchError(
+                f"node port(s) {', '.join(map(str, taken))} taken (a ./scripts/serve still "
+                "running?): stop it, or pass --node-port 0 for free ports")
         for i, port in enumerate(ports, 1):
             env = node_env(i, port, redis_url, key_prefix, public_port, os.environ)
             self.nodes.append(await spawn(self.console, f"node-{i}",

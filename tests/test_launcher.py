@@ -100,7 +100,7 @@ def launcher() -> Iterator[tuple[subprocess.Popen[str], Output, int]]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploy.local", "--nodes", "2", "--port", str(port),
-         "--redis-port", "0"],
+         "--redis-port", "0", "--node-port", "0"],
         cwd=ROOT, env={**os.environ, "LOG_FORMAT": "console"}, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     out = Output(proc)
@@ -182,7 +182,7 @@ def test_a_taken_redis_port_is_named_with_what_to_do_and_nothing_starts() -> Non
         port = taken.getsockname()[1]
         done = subprocess.run(
             [sys.executable, "-m", "deploy.local", "--nodes", "1", "--port", "0",
-             "--redis-port", str(port)], cwd=ROOT, timeout=30, capture_output=True, text=True)
+             "--node-port", "0", "--redis-port", str(port)], cwd=ROOT, timeout=30, capture_output=True, text=True)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"error: port {port} is taken" in done.stdout
     assert "--redis-port 0" in done.stdout
@@ -190,7 +190,8 @@ def test_a_taken_redis_port_is_named_with_what_to_do_and_nothing_starts() -> Non
 
 
 def test_the_default_redis_port_is_the_one_the_docs_use() -> None:
-    assert deploy.local.parse_args([]).redis_port == 6390
+    args = deploy.local.parse_args([])
+    assert (args.port, args.node_port, args.redis_port) == (8080, 3001, 6390)
     docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     assert any("redis-cli -p 6390" in p.read_text() for p in docs)
 
