@@ -182,7 +182,8 @@ def test_a_taken_redis_port_is_named_with_what_to_do_and_nothing_starts() -> Non
         port = taken.getsockname()[1]
         done = subprocess.run(
             [sys.executable, "-m", "deploy.local", "--nodes", "1", "--port", "0",
-             "--node-port", "0", "--redis-port", str(port)], cwd=ROOT, timeout=30, capture_output=True, text=True)
+             "--node-port", "0", "--redis-port", str(port)],
+            cwd=ROOT, timeout=30, capture_output=True, text=True)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"error: port {port} is taken" in done.stdout
     assert "--redis-port 0" in done.stdout
