@@ -8,6 +8,7 @@ node's room count are decided by the service at the join (409, 503).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from aiohttp import hdrs, web
 
 from app import protocol
 from app.auth import AuthError, Verifier
-from app.clientip import client_ip, limit_key, parse_networks
+from app.clientip import client_ip, is_trusted, limit_key, parse_ip, parse_networks
 from app.config import Settings
 from app.ids import is_valid_id, is_valid_peer, new_peer_id
 
@@ -61,6 +62,10 @@ class Gate:
         self._verifier = Verifier.from_settings(settings)
         self._per_ip = settings.max_conns_per_ip
         self._open: Counter[str] = Counter()
+        # TCP connections still in HTTP (a request not complete, or keep-alive), held
+        # against their address's cap too; not those from TRUSTED_PROXIES (nginx), whose
+        # clients are counted by X-Forwarded-For once they upgrade.
+        self._http: dict[object, Callable[[], None]] = {}
 
     def admit(self, request: web.Request) -> Ticket:
         """Check ids, origin and token; raise `Refusal` or return the ticket."""
@@ -70,7 +75,10 @@ class Gate:
             raise Refusal(400, "bad-room", f"room ids match {ID_RULE}")
         if named is not None and not is_valid_peer(named):
             raise Refusal(400, "bad-peer", f"peer ids match {ID_RULE} and are not 'server'")
-        origin = request.headers.get(hdrs.ORIGIN)
+        origins = request.headers.getall(hdrs.ORIGIN, [])
+        if len(set(origins)) > 1:  # which one a browser meant is anyone's guess: refuse
+            raise Refusal(403, "forbidden-origin", "the request has conflicting Origin headers")
+        origin = origins[0] if origins else None
         if origin is not None and origin not in self._origins:
             raise Refusal(403, "forbidden-origin", f"origin {origin[:200]!r} is not allowed")
         client = client_ip(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, []),
@@ -92,6 +100,29 @@ class Gate:
                           f"at most {self._per_ip} connections per client address")
         self._open[key] += 1
         return partial(self._release, key)
+
+    def http_connection_made(self, handler: object, transport: asyncio.BaseTransport) -> None:
+        """A TCP connection was accepted (before any request): count it, or cut it at once
+        when its address is at its cap, so half-sent requests cannot pile up unbounded."""
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        address = parse_ip(host)
+        if address is None or is_trusted(address, self._trusted):
+            return
+        try:
+            self._http[handler] = self.take(str(address))
+        except Refusal:
+            log.info("connection refused: too many from one address", remote=host)
+            transport.close()
+
+    def http_connection_lost(self, handler: object) -> None:
+        release = self._http.pop(handler, None)
+        if release is not None:
+            release()
+
+    def upgrading(self, handler: object) -> None:
+        """The connection becomes a WebSocket, which takes a slot of its own (`take`)."""
+        self.http_connection_lost(handler)
 
     def _release(self, key: str) -> None:
         self._open[key] -= 1

@@ -47,6 +47,8 @@ class Settings:
     rate_limit_per_s: float = 100.0
     rate_limit_burst: int = 1000
     rate_limit_strikes: int = 100
+    rate_limit_bytes_per_s: float = 262144.0
+    request_timeout_s: float = 10.0
     max_json_depth: int = 32
     max_conns_per_ip: int = 100
     trusted_proxies: tuple[str, ...] = ()
@@ -105,6 +107,12 @@ class Settings:
         settings.check()
         return settings
 
+    @property
+    def rate_limit_bytes_burst(self) -> int:
+        """Bytes a peer may send at once: four seconds' worth, and at least one largest
+        frame, so a whole SDP always passes when the peer has been quiet."""
+        return max(int(4 * self.rate_limit_bytes_per_s), self.max_frame_bytes)
+
     def check(self) -> None:
         """Cross-field rules that a single variable cannot express."""
         if not ID_PATTERN.fullmatch(self.node_id):
@@ -126,6 +134,8 @@ def _security(r: EnvReader) -> dict[str, Any]:
     """Settings of the security controls (limits, client addresses, token auth)."""
     return {
         "rate_limit_strikes": r.integer("RATE_LIMIT_STRIKES", 100, lo=0),
+        "rate_limit_bytes_per_s": r.number("RATE_LIMIT_BYTES_PER_S", 262144.0, lo=0.0),
+        "request_timeout_s": r.number("REQUEST_TIMEOUT_S", 10.0, lo=0.1),
         "max_json_depth": r.integer("MAX_JSON_DEPTH", 32, lo=2, hi=1000),
         "max_conns_per_ip": r.integer("MAX_CONNS_PER_IP", 100, lo=0),
         "trusted_proxies": r.items("TRUSTED_PROXIES", ""),
@@ -173,7 +183,13 @@ def _operations(r: EnvReader) -> dict[str, Any]:
     }
 
 
+MIN_ADMIN_TOKEN_CHARS = 32
+
+
 def _check_operations(s: Settings) -> None:
+    if s.admin_token is not None and len(s.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+        raise ConfigError(f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                          "(`openssl rand -hex 24` makes one): it is a password to every room")
     if s.webhook_events and not s.redis_url:
         raise ConfigError("WEBHOOK_EVENTS=1 needs REDIS_URL: room events live in a Redis stream")
     if any(not url.startswith(("stun:", "stuns:")) for url in s.ice_stun_urls):

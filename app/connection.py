@@ -26,6 +26,8 @@ from app.wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameRea
 
 log = structlog.get_logger(__name__)
 
+AFTER_CLOSE_BYTES = 65536  # read after the node's close frame before cutting the client off
+
 
 class _Continue:
     """Lets a Task finish a coroutine that was started synchronously and then suspended.
@@ -58,8 +60,8 @@ class _Continue:
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_busy", "_ended", "_heard", "_pending", "_pinged", "_reader", "_service",
-                 "_sockets", "peer", "release", "transport")
+    __slots__ = ("_after_close", "_busy", "_ended", "_heard", "_pending", "_pinged", "_reader",
+                 "_service", "_sockets", "peer", "release", "transport")
 
     def __init__(self, peer: Peer, service: SignalingService, sockets: Sockets,
                  max_size: int, release: Callable[[], None]) -> None:
@@ -74,6 +76,7 @@ class Connection(asyncio.Protocol):
         self._ended = False  # nothing more is read: closing, failed or lost
         self._heard = True  # something arrived since the last heartbeat sweep
         self._pinged = False
+        self._after_close = 0  # bytes read since the node sent its close frame
 
     def take_over(self, transport: asyncio.Transport, early: bytes) -> None:
         """Become the transport's protocol; `early` is what arrived with the request."""
@@ -90,6 +93,15 @@ class Connection(asyncio.Protocol):
         self._heard = True
         if self._ended:
             return
+        if self.peer.closing:
+            # The node has closed (a flood, a slow consumer, a drain): read on only to find
+            # the client's close frame, and only so much; a client still flooding past
+            # that is cut off now instead of costing CPU until the close times out.
+            self._after_close += len(data)
+            if self._after_close > AFTER_CLOSE_BYTES and self.transport is not None:
+                self._ended = True
+                self.transport.abort()
+                return
         try:
             messages = self._reader.feed(data)
         except wsframe.ProtocolViolation as exc:
@@ -119,13 +131,15 @@ class Connection(asyncio.Protocol):
                 if not self.peer.closing:
                     self._service.handle_binary(self.peer)
             elif opcode == OP_PING:
-                transport = self.transport
-                if not self.peer.closing and transport is not None and not transport.is_closing():
-                    transport.write(wsframe.frame(OP_PONG, payload))
+                # Queued like any frame, so a client that pings and never reads fills its
+                # send queue and is judged a slow consumer, instead of growing the buffer.
+                if self._service.handle_control(self.peer) and not self.peer.closing:
+                    self.peer.send_frame(wsframe.frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
                 self._closed_by_client(payload)
                 return
-            # OP_PONG: its arrival already counts as hearing from the client
+            else:  # OP_PONG: its arrival counts as hearing from the client; and as a frame
+                self._service.handle_control(self.peer)
 
     def _handle(self, text: str) -> bool:
         """Handle one text frame now; True if it had to wait (reading pauses until done)."""

@@ -14,7 +14,8 @@ def is_valid_id(value: str) -> bool:
 
 
 def is_valid_peer(value: str) -> bool:
-    return is_valid_id(value) and value not in RESERVED_PEERS
+    """A valid id that is not `server` in any case (`SERVER` would read as the node)."""
+    return is_valid_id(value) and value.lower() not in RESERVED_PEERS
 
 
 def new_peer_id() -> str:

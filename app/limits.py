@@ -17,16 +17,52 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = time.monotonic()
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
+        """Take `cost` tokens if there are that many (a cost above the burst never passes)."""
         if self._rate <= 0:
             return True
+        self._refill()
+        if self._tokens >= cost:
+            self._tokens -= cost
+            return True
+        return False
+
+    def peek(self) -> bool:
+        """Whether one token is there, without taking it."""
+        if self._rate <= 0:
+            return True
+        self._refill()
+        return self._tokens >= 1.0
+
+    def _refill(self) -> None:
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+
+
+class Failures:
+    """Failed attempts per client (admin auth): a bucket each, `burst` tries then `rate`
+    per second, so a token cannot be guessed at line speed. At most `clients` are tracked;
+    past that the oldest is forgotten (its next try starts a fresh bucket)."""
+
+    __slots__ = ("_buckets", "_burst", "_clients", "_rate")
+
+    def __init__(self, rate: float = 1.0, burst: int = 10, clients: int = 10_000) -> None:
+        self._rate, self._burst, self._clients = rate, burst, clients
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def blocked(self, client: str) -> bool:
+        """Whether `client` has used up its tries (checked before a try is judged)."""
+        bucket = self._buckets.get(client)
+        return bucket is not None and not bucket.peek()
+
+    def failed(self, client: str) -> None:
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            if len(self._buckets) >= self._clients:
+                del self._buckets[next(iter(self._buckets))]
+            bucket = self._buckets[client] = TokenBucket(self._rate, self._burst)
+        bucket.take()
 
 
 class Verdict(Enum):
@@ -44,15 +80,20 @@ class RateLimit:
     `strikes` 0 never closes.
     """
 
-    __slots__ = ("_bucket", "_max", "_strikes")
+    __slots__ = ("_bucket", "_bytes", "_max", "_strikes")
 
-    def __init__(self, rate: float, burst: int, strikes: int) -> None:
+    def __init__(self, rate: float, burst: int, strikes: int, bytes_per_s: float = 0.0,
+                 bytes_burst: int = 0) -> None:
         self._bucket = TokenBucket(rate, burst)
+        # Bytes too, so that frames each under MAX_FRAME_BYTES and within the frame rate
+        # cannot flood the room-mates' send queues (RATE_LIMIT_BYTES_PER_S; 0 disables).
+        self._bytes = TokenBucket(bytes_per_s, bytes_burst)
         self._max = strikes
         self._strikes = 0
 
-    def check(self) -> Verdict:
-        if self._bucket.take():
+    def check(self, size: int = 0) -> Verdict:
+        """Judge one frame of `size` bytes: it takes a frame token and `size` byte tokens."""
+        if self._bucket.take() and (not size or self._bytes.take(size)):
             if self._strikes:
                 self._strikes -= 1
             return Verdict.PASS

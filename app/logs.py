@@ -7,6 +7,7 @@ import sys
 from typing import TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 
 class SafeLogger:
@@ -28,6 +29,21 @@ class SafeLogger:
             pass
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+class BadRequestLine(logging.Filter):
+    """aiohttp logs a malformed HTTP request with a full traceback: log noise that any
+    client controls. Turn each into one line (what was wrong, from whom), no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        reason = " ".join(str(exc.message).split())[:200]
+        structlog.get_logger("aiohttp.server").info(
+            "bad http request", status=exc.code, reason=reason,
+            source=record.getMessage().removeprefix("Error handling request from").strip())
+        return False
 
 
 def configure_logging(level: str = "info", fmt: str = "json", node: str | None = None) -> None:
@@ -56,3 +72,6 @@ def configure_logging(level: str = "info", fmt: str = "json", node: str | None =
     # aiohttp and redis log through the standard library: route them to the same stream.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestLine) for f in server.filters):
+        server.addFilter(BadRequestLine())

@@ -15,19 +15,26 @@ from collections.abc import Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
+from app.admission import Gate
 from app.config import Settings, settings_or_exit
 from app.logs import configure_logging
 from app.server import create_app
-from app.state import SERVICE
+from app.state import GATE, SERVICE
 
 log = structlog.get_logger(__name__)
 
 
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    # keepalive_timeout bounds a connection that has not completed a request: aiohttp closes
+    # one idle that long from its start, half a request included (REQUEST_TIMEOUT_S).
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5,
+                           keepalive_timeout=settings.request_timeout_s)
     await runner.setup()
+    assert runner.server is not None  # made by setup()
+    count_http_connections(runner.server, app[GATE])
     tune_gc()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
@@ -62,6 +69,24 @@ def main() -> None:
     except OSError as exc:  # port in use, Redis unreachable at start...
         log.error("node could not start", error=str(exc))
         raise SystemExit(1) from None
+
+
+def count_http_connections(server: web.Server, gate: Gate) -> None:
+    """Hold every accepted connection against its address's MAX_CONNS_PER_IP from the
+    moment it is accepted, not only once it upgrades (aiohttp tells its `Server` of each
+    handler's start and end)."""
+    made, lost = server.connection_made, server.connection_lost
+
+    def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
+        made(handler, transport)
+        gate.http_connection_made(handler, transport)
+
+    def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
+        lost(handler, exc)
+        gate.http_connection_lost(handler)
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
+    server.connection_lost = connection_lost  # type: ignore[method-assign]
 
 
 def tune_gc() -> None:

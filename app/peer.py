@@ -3,9 +3,14 @@
 Frames reach a peer from the backend's reader, which must never wait for a client. So
 `send` only queues; at the end of the event-loop turn (`Outbox`) each peer with queued
 frames writes them in one call, several frames per syscall under load. While the transport
-is paused (its buffer is full) the queue waits for `resume_writing`. A peer whose unsent
-frames exceed the queue limit is closed (1008) instead of growing memory. No task per
-connection: reading is `app/connection.py`.
+is paused (its buffer is full) the queue waits for `resume_writing`.
+
+A slow consumer is judged over time, not by one burst: a peer whose unsent frames stay
+over the queue limit (SEND_QUEUE_BYTES) for SLOW_CONSUMER_SECONDS is closed (1008), so a
+peer that reads survives a burst others sent it in one moment. Memory stays bounded:
+past HARD_QUEUE_FACTOR times the limit it is closed at once. Senders are held back by
+their own byte rate (RATE_LIMIT_BYTES_PER_S), so one flooding peer cannot get there alone.
+No task per connection: reading is `app/connection.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from app.wsframe import CLOSE_POLICY, close_frame, text_frame
 log = structlog.get_logger(__name__)
 
 CLOSE_TIMEOUT = 0.5  # a client that does not take our close frame is cut off after this
+SLOW_CONSUMER_SECONDS = 0.5  # over the queue limit this long: closed as a slow consumer
+HARD_QUEUE_FACTOR = 8  # over this many times the limit: closed at once (memory bound)
 BATCH_BYTES = 65536  # at most this much payload per coalesced write
 
 
@@ -51,8 +58,8 @@ class Outbox:
 
 class Peer:
     __slots__ = (
-        "_backlog", "_bytes", "_closing", "_cutoff", "_limit", "_outbox", "_paused", "_queue",
-        "_timer", "_transport", "conn", "id", "known", "overflowed", "perms", "rate",
+        "_backlog", "_bytes", "_closing", "_cutoff", "_judge", "_limit", "_outbox", "_paused",
+        "_queue", "_timer", "_transport", "conn", "id", "known", "overflowed", "perms", "rate",
         "replaced", "room", "welcome",
     )
 
@@ -79,10 +86,15 @@ class Peer:
         self._closing: tuple[int, str] | None = None
         self._timer: asyncio.TimerHandle | None = None  # token expiry
         self._cutoff: asyncio.TimerHandle | None = None  # aborts a close the client ignores
+        self._judge: asyncio.TimerHandle | None = None  # closes a queue that stays too long
 
     def send(self, frame: bytes) -> None:
         """Queue one frame (encoded JSON); it is written at the end of this loop turn, or
         once the transport takes more. Never blocks."""
+        self.send_frame(text_frame(frame))
+
+    def send_frame(self, data: bytes) -> None:
+        """Queue one whole WebSocket frame (a text frame, or a pong), counted like any."""
         if self._closing is not None:
             return
         queue = self._queue
@@ -90,13 +102,25 @@ class Peer:
             queue = self._queue = deque()
             if self._transport is not None and not self._paused:
                 self._outbox.mark(self)
-        queue.append(frame)
-        self._bytes += len(frame)
+        queue.append(data)
+        self._bytes += len(data)
         if self._bytes > self._limit:
-            log.warning("send queue full, closing peer", room=self.room, peer=self.id,
-                        queued_bytes=self._bytes)
-            self.overflowed = True
-            self.close(CLOSE_POLICY, "send queue full")
+            if self._bytes > self._limit * HARD_QUEUE_FACTOR:
+                self._overflow("send queue far over its limit")
+            elif self._judge is None:
+                self._judge = asyncio.get_running_loop().call_later(
+                    SLOW_CONSUMER_SECONDS, self._judged)
+
+    def _judged(self) -> None:
+        self._judge = None
+        if self._bytes > self._limit:
+            self._overflow("send queue full")
+
+    def _overflow(self, why: str) -> None:
+        log.warning("slow consumer, closing peer", room=self.room, peer=self.id,
+                    queued_bytes=self._bytes, why=why)
+        self.overflowed = True
+        self.close(CLOSE_POLICY, "send queue full")
 
     def hear_join(self, peer: str, takeover: bool, notices: Notices) -> None:
         """Announce `peer` unless this client already knows it (then only a takeover shows)."""
@@ -159,10 +183,10 @@ class Peer:
         self._transport = None
         self._queue = None
         self._bytes = 0
-        for timer in (self._timer, self._cutoff):
+        for timer in (self._timer, self._cutoff, self._judge):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._cutoff = None
+        self._timer = self._cutoff = self._judge = None
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -204,9 +228,12 @@ class Peer:
             while queue and size < BATCH_BYTES:
                 frame = queue.popleft()
                 size += len(frame)
-                out.append(text_frame(frame))
+                out.append(frame)
             self._bytes -= size
             transport.write(b"".join(out))
+        if self._judge is not None and self._bytes <= self._limit:
+            self._judge.cancel()  # it drained in time: not a slow consumer
+            self._judge = None
         if queue is not None and not queue:
             self._queue = None  # an idle peer holds no deque
 

@@ -180,7 +180,8 @@ class SignalingService:
 
     def _new_peer(self, room: str, peer_id: str) -> Peer:
         s = self.settings
-        rate = RateLimit(s.rate_limit_per_s, s.rate_limit_burst, s.rate_limit_strikes)
+        rate = RateLimit(s.rate_limit_per_s, s.rate_limit_burst, s.rate_limit_strikes,
+                         s.rate_limit_bytes_per_s, s.rate_limit_bytes_burst)
         return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, rate, self.outbox)
 
     def peers(self) -> list[Peer]:
@@ -225,7 +226,7 @@ class SignalingService:
 
     async def handle_text(self, peer: Peer, text: str) -> None:
         """One text frame from `peer`: answer it, or hand it to the backend in order."""
-        if not self._within_rate(peer):
+        if not self._within_rate(peer, len(text)):
             return None
         limit = self.settings.max_frame_bytes
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
@@ -254,9 +255,15 @@ class SignalingService:
             self._refuse(peer, ErrorCode.BAD_MESSAGE,
                          "binary frames are not accepted; send JSON text", "binary")
 
-    def _within_rate(self, peer: Peer) -> bool:
-        """Every frame counts, bad ones too; past RATE_LIMIT_STRIKES the peer is closed."""
-        verdict = peer.rate.check()
+    def handle_control(self, peer: Peer) -> bool:
+        """A ping or pong from the client counts like any frame (no answer when refused:
+        control frames get none); True if it may be answered."""
+        return self._within_rate(peer, 0, answer=False)
+
+    def _within_rate(self, peer: Peer, size: int = 0, answer: bool = True) -> bool:
+        """Every frame counts, bad ones and control frames too, and so do its bytes; past
+        RATE_LIMIT_STRIKES the peer is closed."""
+        verdict = peer.rate.check(size)
         if verdict is Verdict.PASS:
             return True
         if verdict is Verdict.CLOSE:
@@ -264,8 +271,9 @@ class SignalingService:
                 self.metrics.rate_limit_closes.inc()
                 log.info("closing flooding peer", room=peer.room, peer=peer.id)
                 peer.close(CLOSE_POLICY, "rate limit exceeded")
-        else:
-            self._refuse(peer, ErrorCode.RATE_LIMITED, "too many frames, slow down")
+        elif answer:
+            self._refuse(peer, ErrorCode.RATE_LIMITED,
+                         "too many frames or bytes per second, slow down")
         return False
 
     async def _relay(self, peer: Peer, kind: str, to: str, data: Any) -> None:

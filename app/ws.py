@@ -38,6 +38,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             raise Refusal(503, "draining", "this node is shutting down; connect again")
         if not service.backend.ready:
             raise Refusal(503, "unavailable", "signaling backend unavailable, retry shortly")
+        gate.upgrading(request.protocol)
         release = gate.take(ticket.client)
         try:
             peer = await join(service, ticket)

@@ -107,11 +107,21 @@ def _valid_close_code(code: int) -> bool:
     return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
 
 
+# What each fragment of a message counts against `max_size` besides its payload: so an
+# unfinished message of empty or 1-byte fragments is bounded too (at most max_size / 64
+# frames), not only one of large fragments.
+FRAME_COST = 64
+
+
 class FrameReader:
     """Turns received bytes into whole messages: (opcode, payload) with fragments joined.
 
     `feed` returns the messages complete so far and keeps any partial frame; it raises
     `ProtocolViolation` for what RFC 6455 forbids and for messages over `max_size`.
+    Memory is bounded whatever the client sends: a partial frame is never longer than
+    `max_size` plus its header, and an unfinished message's fragments are joined as they
+    come into one buffer of at most `max_size` bytes, each fragment also counting
+    FRAME_COST, so a message cannot be spread over more than max_size / FRAME_COST frames.
     """
 
     __slots__ = ("_buf", "_frag_op", "_frag_size", "_frags", "max_size")
@@ -120,8 +130,8 @@ class FrameReader:
         self.max_size = max_size
         self._buf: bytes | bytearray = b""
         self._frag_op = 0
-        self._frags: list[bytes] | None = None
-        self._frag_size = 0
+        self._frags: bytearray | None = None
+        self._frag_size = 0  # what the unfinished message counts: payload + FRAME_COST each
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buf: bytes | bytearray
@@ -174,8 +184,10 @@ class FrameReader:
                 raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "bad control frame")
         elif opcode not in _DATA_OPS and opcode != OP_CONT:
             raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
-        elif n + self._frag_size > self.max_size:
-            raise ProtocolViolation(CLOSE_TOO_BIG, f"message over {self.max_size} bytes")
+        elif n + self._frag_size > self.max_size or (
+                opcode == OP_CONT and n + self._frag_size + FRAME_COST > self.max_size):
+            raise ProtocolViolation(CLOSE_TOO_BIG, f"message over {self.max_size} bytes "
+                                    f"(each fragment counts {FRAME_COST} more)")
 
     def _assemble(self, fin: int, opcode: int, payload: bytes) -> tuple[int, bytes] | None:
         if opcode in _CONTROL_OPS:
@@ -183,18 +195,19 @@ class FrameReader:
         if opcode == OP_CONT:
             if self._frags is None:
                 raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "continuation without a start")
-            self._frags.append(payload)
-            self._frag_size += len(payload)
+            self._frags += payload
+            self._frag_size += len(payload) + FRAME_COST
             if not fin:
                 return None
-            message = (self._frag_op, b"".join(self._frags))
+            message = (self._frag_op, bytes(self._frags))
             self._frags, self._frag_size = None, 0
             return message
         if self._frags is not None:
             raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
         if fin:
             return opcode, payload
-        self._frag_op, self._frags, self._frag_size = opcode, [payload], len(payload)
+        self._frag_op, self._frags = opcode, bytearray(payload)
+        self._frag_size = len(payload) + FRAME_COST
         return None
 
 

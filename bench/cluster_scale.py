@@ -129,6 +129,7 @@ async def drive(urls: list[str], rooms: int, seconds: float, window: int) -> dic
 
 def start_nodes(url: str) -> list[NodeProcess]:
     env = {"REDIS_URL": url, "KEY_PREFIX": "bench:", "RATE_LIMIT_PER_S": "0",
+           "RATE_LIMIT_BYTES_PER_S": "0",
            "LOG_LEVEL": "warning", "WS_HEARTBEAT_SECONDS": "0"}
     nodes = [NodeProcess({**env, "NODE_ID": f"bench{i}"}) for i in range(2)]
     for node in nodes:

@@ -42,7 +42,8 @@ def system_spec(name: str, node_env: dict[str, str] | None = None) -> SystemSpec
         # No per-peer rate limit: the peers have none, and the max-throughput run needs none.
         # Every load generator connects from loopback: no per-client connection cap; rooms
         # and the rate limit as large as the scenarios need.
-        env = {"RATE_LIMIT_PER_S": "0", "MAX_CONNS_PER_IP": "0", "ROOM_MAX_PEERS": "0",
+        env = {"RATE_LIMIT_PER_S": "0", "RATE_LIMIT_BYTES_PER_S": "0", "MAX_CONNS_PER_IP": "0",
+               "ROOM_MAX_PEERS": "0",
                "MAX_ROOMS_PER_NODE": "0", "KEY_PREFIX": "bench:", **(node_env or {})}
         return SystemSpec(name, "signaling-cluster (this project)",
                           [sys.executable, "-m", "app"], env)

@@ -175,9 +175,19 @@ async def send_steadily(client: SignalingClient, to: str, count: int) -> int:
     return count
 
 
+@pytest.fixture
+def unmetered() -> Iterator[ProcessCluster]:
+    """Nodes without the per-peer byte rate, so that one sender alone can fill a frozen
+    peer's queue quickly (the byte rate that stops such a sender: tests/test_attacks.py)."""
+    c = ProcessCluster.start(nodes=2, reaper=False, RATE_LIMIT_BYTES_PER_S=0)
+    yield c
+    c.stop()
+
+
 async def test_peer_that_stops_reading_is_closed_and_does_not_stall_the_room(
-    cluster: ProcessCluster,
+    unmetered: ProcessCluster,
 ) -> None:
+    cluster = unmetered
     url = cluster.urls()[0]
     a = await SignalingClient.connect(url, "flood", "a")
     b = await SignalingClient.connect(cluster.urls()[1], "flood", "b")

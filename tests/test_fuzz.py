@@ -152,6 +152,7 @@ class Room:
 @pytest.fixture
 async def fuzz_room(start_server: ServerFactory) -> AsyncIterator[Room]:
     c = await in_process("memory", 2, start_server, None, rate_limit_per_s=0.0,
+                         rate_limit_bytes_per_s=0.0,
                          max_frame_bytes=MAX_FRAME)
     room = Room(c, await connect(c.urls[0], ROOM, "fuzz"), await connect(c.urls[1], ROOM, "obs"),
                 await connect(c.urls[0], OTHER, "obs"))

@@ -193,7 +193,8 @@ async def test_a_client_that_stops_reading_is_dropped_and_announced(
         make_node: NodeFactory) -> None:
     """Contract §3: past SEND_QUEUE_BYTES of unsent frames the peer is closed and the
     others hear peer-left, even though its socket never drains."""
-    url = await make_node(send_queue_bytes=65536, rate_limit_per_s=0, max_frame_bytes=65536)
+    url = await make_node(send_queue_bytes=65536, rate_limit_per_s=0, rate_limit_bytes_per_s=0,
+                          max_frame_bytes=65536)
     async with aiohttp.ClientSession() as http:
         slow = await http.ws_connect(f"{url.replace('http', 'ws', 1)}/ws/room/slow")
         fast = await SignalingClient.connect(url, "room", "fast")

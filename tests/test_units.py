@@ -106,8 +106,10 @@ def test_redis_url_forms() -> None:
 
 def test_operations_settings() -> None:
     s = Settings.from_env({"REDIS_URL": "redis://r", "WEBHOOK_EVENTS": "yes",
-                           "WEBHOOK_URL": "https://h.example/x", "ADMIN_TOKEN": " t "})
-    assert s.webhook_events and s.webhook_stream_maxlen == 100_000 and s.admin_token == "t"
+                           "WEBHOOK_URL": "https://h.example/x", "ADMIN_TOKEN": f" {'t' * 32} "})
+    assert s.webhook_events and s.webhook_stream_maxlen == 100_000 and s.admin_token == "t" * 32
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN must be at least 32 characters"):
+        Settings.from_env({"ADMIN_TOKEN": "a"})
     assert Settings.from_env({}).admin_token is None and not Settings.from_env({}).webhook_events
 
 
@@ -115,6 +117,7 @@ def test_ids() -> None:
     assert is_valid_id("a") and is_valid_id("A.b_c-9" + "x" * 57)
     assert not is_valid_id("a" * 65) and not is_valid_id("") and not is_valid_id(".a")
     assert not is_valid_peer("server") and is_valid_peer("servers")
+    assert not is_valid_peer("SERVER") and not is_valid_peer("Server")
     pid = new_peer_id()
     assert is_valid_peer(pid) and len(pid) * 4 >= 96
 
@@ -131,6 +134,21 @@ def test_token_bucket_allows_burst_then_refuses() -> None:
     bucket = TokenBucket(rate=0.001, burst=2)
     assert [bucket.take() for _ in range(3)] == [True, True, False]
     assert all(TokenBucket(0, 1).take() for _ in range(100))
+
+
+def test_byte_rate_refuses_a_sender_past_its_burst_and_failures_lock_out_a_guesser(
+) -> None:
+    rate = RateLimit(1000, 1000, 0, bytes_per_s=1, bytes_burst=100_000)
+    assert [rate.check(60_000) for _ in range(2)] == [Verdict.PASS, Verdict.REFUSE]
+    assert rate.check(10) is Verdict.PASS  # small frames still pass from what is left
+    failures = limits.Failures(rate=0.001, burst=3, clients=2)
+    for _ in range(3):
+        assert not failures.blocked("a")
+        failures.failed("a")
+    assert failures.blocked("a") and not failures.blocked("b")
+    failures.failed("b")
+    failures.failed("c")  # a third client: the oldest ("a") is forgotten, memory bounded
+    assert not failures.blocked("a")
 
 
 def test_rate_limit_strikes_build_up_while_flooding_and_wear_off_when_calm(

@@ -25,25 +25,8 @@ from app.peer import Outbox, Peer
 from app.server import create_app
 from app.wsframe import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameReader
 from tests.conftest import StartServer
+from tests.support.attacker import client_frame
 from tests.support.cluster import NodeFactory, node_settings
-
-
-def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
-                 masked: bool = True) -> bytes:
-    """A frame as a client sends it (masked), or deliberately broken."""
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | rsv | opcode
-    mask_bit = 0x80 if masked else 0
-    if n < 126:
-        head = bytes((b0, mask_bit | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, mask_bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mask_bit | 127, n)
-    if not masked:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 async def next_of(client: SignalingClient, kind: str) -> Frame:
@@ -163,6 +146,23 @@ def test_reader_yields_the_same_messages_however_the_stream_is_cut(
     for start, stop in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         got += reader.feed(stream[start:stop])
     assert got == expected and not reader.pending
+
+
+def test_an_unfinished_message_is_bounded_however_it_is_fragmented() -> None:
+    """Empty fragments are not free: each counts FRAME_COST against the message's limit."""
+    limit = 1 << 20
+    for fragment in (b"", b"1"):
+        reader = FrameReader(limit)
+        reader.feed(client_frame(OP_TEXT, b"[", fin=False))
+        frames = client_frame(OP_CONT, fragment, fin=False) * 1000
+        with pytest.raises(wsframe.ProtocolViolation) as raised:
+            for _ in range(limit // wsframe.FRAME_COST // 1000 + 2):
+                reader.feed(frames)
+        assert raised.value.code == 1009
+    whole = FrameReader(limit)  # a message of many small fragments within the limit passes
+    parts = [client_frame(OP_TEXT, b"[", fin=False),
+             *[client_frame(OP_CONT, b"1,", fin=False)] * 100, client_frame(OP_CONT, b"1]")]
+    assert whole.feed(b"".join(parts)) == [(OP_TEXT, b"[" + b"1," * 100 + b"1]")]
 
 
 @pytest.mark.parametrize(("data", "code"), [

@@ -76,7 +76,7 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-ADMIN_TOKEN = "test-admin-token"  # every test node's admin API answers to this
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # every test node's admin API answers to this
 
 
 def node_settings(i: int, **kw: Any) -> Settings:
