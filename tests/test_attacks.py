@@ -313,4 +313,5 @@ async def test_a_peer_closed_for_flooding_is_the_flooder(cluster: ProcessCluster
             await flooder.recv(timeout=10)
     assert closed.value.code == 1008
     assert (await reader.next_of("peer-left")).data == "flooder"
+    await flooder.close()
     await reader.close()

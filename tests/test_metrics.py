@@ -111,7 +111,9 @@ async def test_redis_errors_are_counted_and_ready_drops(start_server: Any) -> No
 
 
 async def test_a_peer_that_stops_reading_is_closed_and_counted(start_server: Any) -> None:
-    server = await start_server(create_app(node_settings(0, send_queue_bytes=1024)))
+    # No byte rate: one sender alone has to fill the reader's queue here.
+    server = await start_server(create_app(node_settings(0, send_queue_bytes=1024,
+                                                         rate_limit_bytes_per_s=0)))
     url = str(server.make_url("")).rstrip("/")
     room = unique("room")
     async with aiohttp.ClientSession() as http:
