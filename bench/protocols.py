@@ -121,4 +121,4 @@ class SocketIO(Protocol):
 
 
 def protocol_for(system: str) -> Protocol:
-    return Protocol() if system == "ours" else SocketIO()
+    return Protocol() if system.startswith("ours") else SocketIO()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ class SystemSpec:
     label: str
     argv: list[str]
     env: dict[str, str]
+    ready: str = "http"  # GET /ready answers 200; "ws": a WebSocket upgrade succeeds
 
 
 def peer_python() -> str:
@@ -38,13 +41,16 @@ def peer_python() -> str:
 
 
 def system_spec(name: str, node_env: dict[str, str] | None = None) -> SystemSpec:
-    if name == "ours":
+    if name in ("ours", "ours-picows"):
         # No per-peer rate limit: the peers have none, and the max-throughput run needs none.
         # Every load generator connects from loopback: no per-client connection cap; rooms
         # and the rate limit as large as the scenarios need.
         env = {"RATE_LIMIT_PER_S": "0", "RATE_LIMIT_BYTES_PER_S": "0", "MAX_CONNS_PER_IP": "0",
                "ROOM_MAX_PEERS": "0",
                "MAX_ROOMS_PER_NODE": "0", "KEY_PREFIX": "bench:", **(node_env or {})}
+        if name == "ours-picows":  # the same node with picows as its codec (bench only)
+            return SystemSpec(name, "signaling-cluster with picows as WebSocket codec",
+                              [sys.executable, "-m", "bench.picows_node"], env, ready="ws")
         return SystemSpec(name, "signaling-cluster (this project)",
                           [sys.executable, "-m", "app"], env)
     if name == "sio-node":
@@ -72,8 +78,23 @@ class Cluster:
         for node in self.nodes:
             node.start(wait_ready=False)
         for node in self.nodes:
-            wait_until(node.is_ready, 30, f"{self.spec.name} node {node.url}")
+            wait_until(self._ready(node), 30, f"{self.spec.name} node {node.url}")
         return self
+
+    def _ready(self, node: NodeProcess) -> Callable[[], bool]:
+        if self.spec.ready == "http":
+            return node.is_ready
+
+        def upgrades() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", node.port), timeout=0.5) as s:
+                    s.sendall(b"GET /ws/ready/probe HTTP/1.1\r\nHost: x\r\nUpgrade: websocket"
+                              b"\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                    return s.recv(64).startswith(b"HTTP/1.1 101")
+            except OSError:
+                return False
+        return upgrades
 
     def _node(self, index: int) -> NodeProcess:
         env = {"REDIS_URL": self.redis.url, "NODE_ID": f"{self.spec.name}{index}",
@@ -84,7 +105,7 @@ class Cluster:
         """A fresh process for node `index` (memory baselines need a clean heap)."""
         self._discard(self.nodes[index])
         self.nodes[index] = self._node(index).start(wait_ready=False)
-        wait_until(self.nodes[index].is_ready, 30, f"{self.spec.name} node restart")
+        wait_until(self._ready(self.nodes[index]), 30, f"{self.spec.name} node restart")
 
     @property
     def urls(self) -> list[str]:
