@@ -23,22 +23,22 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from app.backend import BackendUnavailable
-from app.clientip import Networks, client_ip, limit_key
+from app.clientip import limit_key
 from app.http import json_error
 from app.ids import is_valid_id, is_valid_peer
 from app.limits import Failures
 from app.service import CLOSE_KICKED, CLOSE_ROOM_CLOSED
-from app.state import SERVICE
+from app.state import GATE, SERVICE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def add_routes(app: web.Application, token: str | None, trusted: Networks = ()) -> None:
+def add_routes(app: web.Application, token: str | None) -> None:
     """Mount the API when a token is configured; otherwise answer 404 under /admin."""
     if not token:
         app.router.add_route("*", "/admin{tail:.*}", _disabled)
         return
-    guard = _guarded(token.encode(), trusted)
+    guard = _guarded(token.encode())
     app.router.add_get("/admin/rooms", guard(rooms))
     app.router.add_get("/admin/rooms/{room}", guard(room))
     app.router.add_get("/admin/nodes", guard(nodes))
@@ -50,7 +50,7 @@ async def _disabled(request: web.Request) -> web.Response:
     return json_error(404, "not-found", "the admin API is disabled: set ADMIN_TOKEN")
 
 
-def _guarded(token: bytes, trusted: Networks) -> Callable[[Handler], Handler]:
+def _guarded(token: bytes) -> Callable[[Handler], Handler]:
     """Bearer-token check, plus the answers every handler shares (bad ids, backend down).
 
     Failed tries are throttled per client address (10, then 1 a second: 429), so the
@@ -60,8 +60,7 @@ def _guarded(token: bytes, trusted: Networks) -> Callable[[Handler], Handler]:
 
     def wrap(handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
-            client = limit_key(client_ip(
-                request.remote, request.headers.getall("X-Forwarded-For", []), trusted))
+            client = limit_key(request.app[GATE].client(request))
             if failures.blocked(client):
                 response = json_error(429, "too-many-failures",
                                       "too many failed admin requests: wait, then retry")

@@ -81,8 +81,7 @@ class Gate:
         origin = origins[0] if origins else None
         if origin is not None and origin not in self._origins:
             raise Refusal(403, "forbidden-origin", f"origin {origin[:200]!r} is not allowed")
-        client = client_ip(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, []),
-                           self._trusted)
+        client = self.client(request)
         if self._verifier is None:
             return Ticket(room, named or new_peer_id(), client)
         try:
@@ -90,6 +89,11 @@ class Gate:
         except AuthError as exc:
             raise Refusal(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"}) from None
         return Ticket(room, grant.peer, client, grant.perms, grant.expires)
+
+    def client(self, request: web.Request) -> str:
+        """The request's client address: X-Forwarded-For believed only from TRUSTED_PROXIES."""
+        return client_ip(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, []),
+                         self._trusted)
 
     def take(self, client: str) -> Callable[[], None]:
         """Take one of the client's connection slots (429 if none left); returns the call

@@ -17,11 +17,12 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = time.monotonic()
 
-    def take(self, cost: float = 1.0) -> bool:
-        """Take `cost` tokens if there are that many (a cost above the burst never passes)."""
+    def take(self, cost: float = 1.0, now: float | None = None) -> bool:
+        """Take `cost` tokens if there are that many (a cost above the burst never passes);
+        `now`, when the caller has read the clock already."""
         if self._rate <= 0:
             return True
-        self._refill()
+        self._refill(time.monotonic() if now is None else now)
         if self._tokens >= cost:
             self._tokens -= cost
             return True
@@ -31,11 +32,10 @@ class TokenBucket:
         """Whether one token is there, without taking it."""
         if self._rate <= 0:
             return True
-        self._refill()
+        self._refill(time.monotonic())
         return self._tokens >= 1.0
 
-    def _refill(self) -> None:
-        now = time.monotonic()
+    def _refill(self, now: float) -> None:
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
 
@@ -93,7 +93,8 @@ class RateLimit:
 
     def check(self, size: int = 0) -> Verdict:
         """Judge one frame of `size` bytes: it takes a frame token and `size` byte tokens."""
-        if self._bucket.take() and (not size or self._bytes.take(size)):
+        now = time.monotonic()
+        if self._bucket.take(1.0, now) and (not size or self._bytes.take(size, now)):
             if self._strikes:
                 self._strikes -= 1
             return Verdict.PASS

@@ -84,14 +84,14 @@ def json_problem(exc: orjson.JSONDecodeError, text: str) -> str:
 
 
 # orjson's wording where it speaks of its own internals; the rest reads plainly as it is.
+_LONE = "(a lone surrogate is not a character)"
+_NO_LOW = f"a \\uD800-\\uDBFF escape must be followed by a \\uDC00-\\uDFFF one {_LONE}"
 _PLAIN = {
     "number is infinity when parsed as double": "the number is too large (beyond a double)",
-    "no low surrogate in string": "a \\uD800-\\uDBFF escape must be followed by a \\uDC00-"
-                                  "\\uDFFF one (a lone surrogate is not a character)",
-    "invalid low surrogate in string": "a \\uD800-\\uDBFF escape must be followed by a "
-                                       "\\uDC00-\\uDFFF one (a lone surrogate is not a character)",
-    "invalid high surrogate in string": "a \\uDC00-\\uDFFF escape must follow a \\uD800-"
-                                        "\\uDBFF one (a lone surrogate is not a character)",
+    "no low surrogate in string": _NO_LOW,
+    "invalid low surrogate in string": _NO_LOW,
+    "invalid high surrogate in string": f"a \\uDC00-\\uDFFF escape must follow a "
+                                        f"\\uD800-\\uDBFF one {_LONE}",
     "unexpected control character in string": "control characters (below U+0020) must be "
                                               "escaped inside strings",
 }

@@ -16,7 +16,6 @@ from aiohttp import web
 from app import admin, headers, http, page, ws
 from app.admission import Gate
 from app.backend import Backend, create_backend
-from app.clientip import parse_networks
 from app.config import Settings
 from app.connection import Sockets
 from app.metrics import NodeMetrics
@@ -40,7 +39,7 @@ def create_app(
     app.router.add_get("/health", http.health)
     app.router.add_get("/ready", http.ready)
     app.router.add_get("/metrics", http.metrics)
-    admin.add_routes(app, settings.admin_token, parse_networks(settings.trusted_proxies))
+    admin.add_routes(app, settings.admin_token)
     # [^/]+ rather than aiohttp's default [^{}/]+: a brace in an id is then a bad id (400
     # bad-room/bad-peer), like any other character outside the id pattern.
     app.router.add_get("/ws/{room:[^/]+}", ws.websocket)

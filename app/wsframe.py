@@ -184,8 +184,7 @@ class FrameReader:
                 raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "bad control frame")
         elif opcode not in _DATA_OPS and opcode != OP_CONT:
             raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
-        elif n + self._frag_size > self.max_size or (
-                opcode == OP_CONT and n + self._frag_size + FRAME_COST > self.max_size):
+        elif n + self._frag_size + (FRAME_COST if opcode == OP_CONT else 0) > self.max_size:
             raise ProtocolViolation(CLOSE_TOO_BIG, f"message over {self.max_size} bytes "
                                     f"(each fragment counts {FRAME_COST} more)")
 

@@ -24,14 +24,15 @@ import base64
 import os
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from bench.procstat import cpu_seconds
+from tests.support.attacker import OP_TEXT, client_frame
+from tests.support.procs import free_port
 
 CANDIDATES = ("ours", "ours-unbatched", "aiohttp", "websockets", "picows")
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 # -- servers -------------------------------------------------------------------------------
@@ -134,19 +135,10 @@ SERVERS = {"ours": _serve_ours, "ours-unbatched": _serve_ours_unbatched,
 
 # -- load ----------------------------------------------------------------------------------
 
-def client_frame(payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes((0x81, 0x80 | n)) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
-    key = (mask * (n // 4 + 1))[:n]
-    return head + mask + (int.from_bytes(payload, "little") ^ int.from_bytes(
-        key, "little")).to_bytes(n, "little")
-
-
 async def drive(port: int, conns: int, messages: int, window: int, payload: bytes
                 ) -> float:
     """Echo `messages` frames over `conns` connections; returns the seconds it took."""
-    frame = client_frame(payload)
+    frame = client_frame(OP_TEXT, payload)
     reply = len(payload) + (2 if len(payload) < 126 else 4)
 
     async def one(count: int) -> None:
@@ -172,17 +164,6 @@ async def drive(port: int, conns: int, messages: int, window: int, payload: byte
     start = time.monotonic()
     await asyncio.gather(*(one(messages // conns) for _ in range(conns)))
     return time.monotonic() - start
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def measure(kind: str, args: argparse.Namespace) -> tuple[float, float]:

@@ -37,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if "root" in _SESSION:
-        _SESSION["left"] = hygiene.finish(_SESSION.pop("root"))
+        hygiene.finish(_SESSION.pop("root"))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

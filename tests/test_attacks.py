@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from app.client import Closed, Refused, SignalingClient
+from bench.procstat import rss_bytes
 from tests.support.attacker import (
     OP_CONT,
     OP_PING,
@@ -26,7 +27,6 @@ from tests.support.attacker import (
     Attacker,
     Clock,
     client_frame,
-    rss_kib,
 )
 from tests.support.peers import barrier
 from tests.support.topology import ProcessCluster
@@ -132,50 +132,30 @@ async def attack_for(seconds: float, attacker: Attacker, frames: bytes) -> tuple
     return False, sent
 
 
-async def test_an_unfinished_message_of_empty_fragments_is_cut_off_with_bounded_memory(
-    cluster: ProcessCluster, watch: Watch,
+FLOODS = {  # what the attacker writes first, then what it repeats without reading
+    "empty-fragments": (client_frame(OP_TEXT, b"{", fin=False),
+                        client_frame(OP_CONT, b"", fin=False) * 2000),
+    "1-byte-fragments": (client_frame(OP_TEXT, b"[", fin=False),
+                         client_frame(OP_CONT, b"1", fin=False) * 2000),
+    "pings": (b"", client_frame(OP_PING, b"p" * 125) * 200),
+    "pongs": (b"", client_frame(OP_PONG, b"p" * 125) * 200),
+}
+
+
+@pytest.mark.parametrize("flood", list(FLOODS))
+async def test_a_flood_that_never_reads_is_cut_off_with_bounded_memory(
+    cluster: ProcessCluster, watch: Watch, flood: str,
 ) -> None:
-    w = watch
-    before = rss_kib(pid(cluster))
-    attacker = await Attacker.connect(port(cluster), "frag", "mallory")
-    assert await attacker.send(client_frame(OP_TEXT, b"{", fin=False))
-    empty = client_frame(OP_CONT, b"", fin=False) * 2000
-    closed, sent = await attack_for(10, attacker, empty)
-    grown = rss_kib(pid(cluster)) - before
-    print(f"empty fragments: closed={closed} after {sent // 6} frames; RSS +{grown} KiB; "
-          f"{await w.done()}")
-    assert closed, "the node kept taking empty fragments"
-    assert grown < RSS_BOUND_KIB
-    attacker.close()
-
-
-async def test_one_byte_fragments_hold_at_most_about_the_hard_frame_limit(
-    cluster: ProcessCluster, watch: Watch,
-) -> None:
-    w = watch
-    before = rss_kib(pid(cluster))
-    attacker = await Attacker.connect(port(cluster), "frag1", "mallory")
-    assert await attacker.send(client_frame(OP_TEXT, b"[", fin=False))
-    closed, sent = await attack_for(10, attacker, client_frame(OP_CONT, b"1", fin=False) * 2000)
-    grown = rss_kib(pid(cluster)) - before
-    print(f"1-byte fragments: {sent // 7} sent; RSS +{grown} KiB; {await w.done()}")
-    assert closed, "the node kept taking 1-byte fragments"
-    assert grown < RSS_BOUND_KIB
-    attacker.close()
-
-
-@pytest.mark.parametrize("opcode", [OP_PING, OP_PONG], ids=["pings", "pongs"])
-async def test_a_control_frame_flood_that_never_reads_is_closed(
-    cluster: ProcessCluster, watch: Watch, opcode: int,
-) -> None:
-    w = watch
-    before = rss_kib(pid(cluster))
-    attacker = await Attacker.connect(port(cluster), "ctl", "mallory")
-    closed, sent = await attack_for(10, attacker, client_frame(opcode, b"p" * 125) * 200)
-    grown = rss_kib(pid(cluster)) - before
-    print(f"{opcode:#x} flood: closed={closed} after {sent // 131} frames; RSS +{grown} KiB")
-    print(await w.done())
-    assert closed, "the node kept answering a control-frame flood"
+    """An unfinished message of empty or 1-byte fragments (bounded by HARD_FRAME_BYTES, each
+    fragment counting 64 bytes), or control frames as fast as possible (rate-limited)."""
+    first, repeated = FLOODS[flood]
+    before = rss_bytes(pid(cluster))
+    attacker = await Attacker.connect(port(cluster), flood, "mallory")
+    assert await attacker.send(first)
+    closed, sent = await attack_for(10, attacker, repeated)
+    grown = (rss_bytes(pid(cluster)) - before) // 1024
+    print(f"{flood}: closed={closed} after {sent} bytes; RSS +{grown} KiB; {await watch.done()}")
+    assert closed, f"the node kept taking {flood}"
     assert grown < RSS_BOUND_KIB
     attacker.close()
 

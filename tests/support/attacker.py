@@ -13,7 +13,6 @@ import os
 import socket
 import struct
 import time
-from pathlib import Path
 
 OP_CONT, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x8, 0x9, 0xA
 
@@ -85,13 +84,6 @@ class Attacker:
 
     def close(self) -> None:
         self.writer.transport.abort()
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 class Clock:

@@ -87,10 +87,7 @@ def _collect() -> None:
         pass
 
 
-def finish(root: Path) -> list[str]:
-    """Stop every leftover process and remove the directory; returns what was left."""
-    left = marked_processes()
-    described = [describe(pid) for pid in left]
-    reap(left)
+def finish(root: Path) -> None:
+    """Stop every leftover process and remove the directory."""
+    reap(marked_processes())
     shutil.rmtree(root, ignore_errors=True)
-    return described
