@@ -84,6 +84,10 @@ class Connection(asyncio.Protocol):
         transport.set_protocol(self)
         self._sockets.add(self)
         self.peer.attach(transport)
+        # aiohttp pauses the socket once 64 KiB of early frames wait behind the request it
+        # is still handling (the join); nothing of aiohttp's would resume it now.
+        if not transport.is_reading():
+            transport.resume_reading()
         if early:
             self.data_received(early)
 

@@ -259,6 +259,28 @@ async def test_half_sent_requests_are_closed_and_count_against_the_address_cap(
         assert ok.peers == []
 
 
+async def test_frames_sent_before_the_upgrade_answer_are_read(cluster: ProcessCluster) -> None:
+    """F, found: frames written with the upgrade request, before the 101, while the node
+    joins the room in Redis. aiohttp pauses the socket once 64 KiB wait behind a request
+    it is still handling; the connection took the socket over paused and never read again
+    (until the heartbeat dropped it)."""
+    for size in (100_000, 1_000_000):  # 1 MB: under HARD_FRAME_BYTES, refused as too large
+        early = client_frame(OP_TEXT, b'{"type":"chat","data":"' + b"x" * size + b'"}')
+        early += client_frame(OP_PING, b"alive?")
+        attacker = await Attacker.connect(port(cluster), "early", "mallory", rcvbuf=1 << 16,
+                                          early=early)
+        clock = Clock()
+        got = bytearray()
+        async with asyncio.timeout(3):  # a stall: no pong and no close
+            while b"\x8a\x06alive?" not in got:
+                chunk = await attacker.reader.read(1 << 16)
+                assert chunk, "closed instead of answering"
+                got += chunk
+        print(f"{size} B frame before the 101: read, pong after {clock():.2f} s")
+        assert b'"code":"too-large"' in got  # refused, and the connection read on
+        attacker.close()
+
+
 async def test_the_node_never_stops_reading_a_connection_it_keeps_open(
     cluster: ProcessCluster,
 ) -> None:

@@ -3,7 +3,8 @@
 Each sequence (deterministic: seeded) goes to a real node process on a fresh connection:
 valid and invalid text, broken headers (reserved bits, unknown opcodes, unmasked, long
 control frames), fragments that start, continue or never end, pings, pongs, close frames,
-and frames of 1-2 MB, written without reading. Then the client reads. Whatever the node
+frames of 64 KB-1 MB and of 1-2 MB, written without reading (one sequence in four in the
+same write as the upgrade request, before the node's 101). Then the client reads. Whatever the node
 decided, it must say so promptly: either the connection is closed within 3 s, or it still
 answers a ping with a pong within 3 s. A connection that is neither closed nor read is the
 stall this looks for.
@@ -36,7 +37,7 @@ SEED = 18
 
 def frame_for(rng: random.Random) -> bytes:
     kind = rng.choice(["text", "text", "json", "badutf8", "rsv", "opcode", "unmasked",
-                       "longping", "start", "cont", "end", "ping", "pong", "big", "close",
+                       "longping", "start", "cont", "end", "ping", "pong", "large", "big", "close",
                        "badclose"])
     if kind == "text":
         return client_frame(OP_TEXT, rng.randbytes(rng.randrange(0, 64)).hex().encode())
@@ -62,6 +63,8 @@ def frame_for(rng: random.Random) -> bytes:
         return client_frame(OP_PING, rng.randbytes(rng.randrange(0, 125)))
     if kind == "pong":
         return client_frame(OP_PONG, b"")
+    if kind == "large":  # over MAX_FRAME_BYTES, under HARD_FRAME_BYTES: refused, read on
+        return client_frame(OP_TEXT, b"x" * rng.randrange(65_000, 1_040_000))
     if kind == "big":
         return client_frame(OP_TEXT, b"x" * rng.randrange(1_000_000, 2_000_000))
     if kind == "close":
@@ -83,10 +86,12 @@ def node(redis_server: RedisServer) -> Iterator[NodeProcess]:
     n.close()
 
 
-async def outcome(port: int, frames: list[bytes]) -> str:
-    attacker = await Attacker.connect(port, "fuzz", "f", rcvbuf=1 << 16)
+async def outcome(port: int, frames: list[bytes], early: bool) -> str:
+    """`early`: the frames go with the upgrade request, before the node's 101."""
+    attacker = await Attacker.connect(port, "fuzz", "f", rcvbuf=1 << 16,
+                                      early=b"".join(frames) if early else b"")
     try:
-        for frame in frames:
+        for frame in [] if early else frames:
             if not await attacker.send(frame):  # False: closed (a stall would raise)
                 break
         # Now read, and ask whether the connection is alive: a pong, or the end.
@@ -111,7 +116,7 @@ async def test_no_frame_sequence_stalls_a_connection(node: NodeProcess) -> None:
     seen: dict[str, int] = {}
     for i, frames in enumerate(sequences()):
         try:
-            result = await outcome(node.port, frames)
+            result = await outcome(node.port, frames, early=i % 4 == 0)
         except TimeoutError:
             pytest.fail(f"sequence {i} left the connection open and unread: "
                         f"{[f[:2].hex() + f'..{len(f)}B' for f in frames]}")

@@ -43,7 +43,9 @@ class Attacker:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, port: int, room: str, peer: str, rcvbuf: int = 4096) -> Attacker:
+    async def connect(cls, port: int, room: str, peer: str, rcvbuf: int = 4096,
+                      early: bytes = b"") -> Attacker:
+        """Upgrade; `early` frames go in the same write as the request, before the 101."""
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
@@ -52,7 +54,8 @@ class Attacker:
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write((f"GET /ws/{room}/{peer} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                       "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+                     + early)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 101"), head
         return cls(reader, writer)
