@@ -26,7 +26,7 @@ from app.backend import Backend, BackendUnavailable
 from app.config import Settings
 from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay, Sync
 from app.ice import IceServers
-from app.ids import is_valid_peer, new_conn_id
+from app.ids import new_conn_id
 from app.limits import RateLimit, Verdict
 from app.metrics import OK, NodeMetrics
 from app.peer import Outbox, Peer
@@ -277,7 +277,11 @@ class SignalingService:
         return False
 
     async def _relay(self, peer: Peer, kind: str, to: str, data: Any) -> None:
-        if not is_valid_peer(to):
+        """`to` must be a peer the sender was told of (its welcome, then `new-peer` and
+        `peer-left`, in channel order), or itself: that answers `peer-not-found` without a
+        round trip to Redis, and the relay is one PUBLISH. A peer that has just left and
+        whose `peer-left` is still on its way misses the frame, as it would a moment later."""
+        if to != peer.id and (peer.known is None or to not in peer.known):
             return self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to[:64]!r} in room",
                                 kind)
         frame = protocol.relay_frame(kind, peer.room, peer.id, to, data)
@@ -287,7 +291,7 @@ class SignalingService:
                 self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable", kind)
             return
         env = envelope.relay(self.node_id, to, frame)
-        await self._submit(peer, kind, self.backend.relay(peer.room, to, env), to)
+        await self._submit(peer, kind, self.backend.publish(peer.room, env))
 
     async def _chat(self, peer: Peer, frame: bytes) -> None:
         if not self.backend.ready:
@@ -302,24 +306,21 @@ class SignalingService:
         await self._submit(peer, "chat", self.backend.publish(peer.room, envelope.chat(
             self.node_id, frame)))
 
-    async def _submit(self, peer: Peer, kind: str, call: Awaitable[asyncio.Future[Any]],
-                      to: str | None = None) -> None:
+    async def _submit(self, peer: Peer, kind: str, call: Awaitable[asyncio.Future[Any]]
+                      ) -> None:
         """Await the backend's queueing, then report the outcome to the sender later."""
         try:
             future = await call
         except BackendUnavailable:
             return self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable",
                                 kind)
-        future.add_done_callback(lambda f: self._report(peer, kind, f, to))
+        future.add_done_callback(lambda f: self._report(peer, kind, f))
 
-    def _report(self, peer: Peer, kind: str, future: asyncio.Future[Any], to: str | None
-                ) -> None:
+    def _report(self, peer: Peer, kind: str, future: asyncio.Future[Any]) -> None:
         if future.cancelled():
             return
         if future.exception() is not None:
             self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable", kind)
-        elif to is not None and not future.result():
-            self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to!r} in room", kind)
         else:
             self.metrics.frame(kind, OK)
 

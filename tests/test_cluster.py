@@ -104,6 +104,27 @@ async def test_unknown_target_and_other_rooms_are_peer_not_found(
     await close_all(a, x)
 
 
+async def test_relay_targets_are_the_peers_the_sender_was_told_of(
+    cluster: Cluster, room: str
+) -> None:
+    """peer-not-found comes from the sender's own view (welcome, new-peer, peer-left): a
+    peer that left is refused once its peer-left has arrived; a peer may relay to itself."""
+    a, b = await pair(cluster, room)
+    await a.ice("alice", {"to": "self"})
+    mine = await a.recv()
+    assert (mine.type, mine.sender, mine.data) == ("ice", "alice", {"to": "self"})
+    await b.close()
+    assert (await a.next_of("peer-left")).data == "bob"
+    await a.offer("bob", {"sdp": "late"})
+    err = await a.recv()
+    assert err.type == "error" and err.data["code"] == "peer-not-found"
+    b = await join(cluster, 1, room, "bob")  # back: reachable again from its new-peer on
+    assert (await a.next_of("new-peer")).data == "bob"
+    await a.offer("bob", {"sdp": "again"})
+    assert (await b.next_of("offer")).data == {"sdp": "again"}
+    await close_all(a, b)
+
+
 async def test_a_burst_of_mixed_frames_arrives_in_order_without_duplicates(
     cluster: Cluster, room: str
 ) -> None:

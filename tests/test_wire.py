@@ -56,9 +56,9 @@ async def test_replies_come_back_in_submission_order(wire: RedisWire,
 async def test_scripts_are_reloaded_when_redis_lost_them(wire: RedisWire,
                                                          server: RedisServer) -> None:
     server.cli("SCRIPT", "FLUSH")
-    server.cli("-n", "3", "SADD", "peers", "bob")
-    future = await wire.submit("EVALSHA", scripts.RELAY.sha, 1, "peers", "bob", "ch", b"x")
-    assert await asyncio.wait_for(future, 5) == 1
+    server.cli("-n", "3", "SADD", "peers", "bob", "carol")
+    future = await wire.submit("EVALSHA", scripts.SYNC.sha, 1, "peers", "ch", b"")
+    assert await asyncio.wait_for(future, 5) == 2  # the script ran: both members counted
 
 
 async def test_a_lost_connection_is_reported_then_refused_until_reconnected(

@@ -10,7 +10,7 @@ Contract for implementations (the service relies on every line):
 - Channel order is total: every subscriber of a room sees that room's envelopes in one
   order, and a membership change (`join`, `leave`) is published atomically with the change
   itself, so a node can tell from its position in the channel what a joiner was shown.
-- Submission order is kept: calls to `join`, `leave`, `relay` and `publish` made by one
+- Submission order is kept: calls to `join`, `leave` and `publish` made by one
   task reach the channel in the order they were made, and none is sent twice.
 - `subscribe` returns only once the subscription is live: anything published after it
   returns reaches this node (announce-after-subscribe rests on this).
@@ -142,16 +142,12 @@ class Backend(ABC):
         """(room, peer, conn) of every membership the backend files under this node."""
 
     @abstractmethod
-    async def relay(self, room: str, to: str, envelope: bytes) -> asyncio.Future[bool]:
-        """Queue `envelope` for the room channel if `to` is a member.
-
-        Returns at once (after waiting only for queue space) with a future that resolves to
-        whether `to` was a member, or fails with `BackendUnavailable`.
-        """
-
-    @abstractmethod
     async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
-        """Queue `envelope` for the room channel; the future fails if it was not sent."""
+        """Queue `envelope` for the room channel (a relay, a chat: one PUBLISH each).
+
+        Returns at once (after waiting only for queue space) with a future that fails with
+        `BackendUnavailable` if it was not sent.
+        """
 
 
 def resolved(value: T) -> asyncio.Future[T]:

@@ -175,11 +175,6 @@ class ClusterBackend(SupervisedBackend):
                         self.keys.room_peers(room), self.keys.room_channel(room),
                         sync_prefix(self.node_id))
 
-    async def relay(self, room: str, to: str, envelope: bytes) -> asyncio.Future[bool]:
-        peers = self.keys.room_peers(room)
-        return await self._submit(peers, "EVALSHA", cluster_scripts.RELAY_SHARDED.sha, 1,
-                                  peers, to, self.keys.room_channel(room), envelope)
-
     async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
         channel = self.keys.room_channel(room)
         return await self._submit(channel, "SPUBLISH", channel, envelope)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from app.backend.scripts import RELAY, SYNC, Script
+from app.backend.scripts import SYNC, Script
 
 # ARGV: peer, owner (node/conn), channel, fresh envelope, takeover envelope, limit (0: none)
 # Returns nil when the room is full, else {state, members before the join...} where state
@@ -89,10 +89,9 @@ def _sharded(script: Script) -> Script:
     return Script(f"cluster-{script.name}", script.source.replace("'PUBLISH'", "'SPUBLISH'"))
 
 
-RELAY_SHARDED = _sharded(RELAY)
 SYNC_SHARDED = _sharded(SYNC)
 
-ALL = (JOIN, LEAVE, REJOIN, RELAY_SHARDED, SYNC_SHARDED)
+ALL = (JOIN, LEAVE, REJOIN, SYNC_SHARDED)
 
 
 async def load_all(client: Redis | RedisCluster) -> None:

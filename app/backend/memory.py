@@ -162,12 +162,6 @@ class MemoryBackend(Backend):
             found.add((room, peer, owner.rpartition("/")[2]))
         return found
 
-    async def relay(self, room: str, to: str, envelope: bytes) -> asyncio.Future[bool]:
-        if to not in self.hub.members.get(room, {}):
-            return resolved(False)
-        self.hub.publish(room, envelope)
-        return resolved(True)
-
     async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
         self.hub.publish(room, envelope)
         return resolved(None)

@@ -143,13 +143,6 @@ class RedisBackend(SupervisedBackend):
             self.keys.room_channel(room), envelope.sync_prefix(self.node_id))
         await future
 
-    async def relay(self, room: str, to: str, envelope: bytes) -> asyncio.Future[bool]:
-        future = await self._pipe.submit(
-            "EVALSHA", scripts.RELAY.sha, 1, self.keys.room_peers(room),
-            to, self.keys.room_channel(room), envelope,
-        )
-        return future
-
     async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
         future = await self._pipe.submit("PUBLISH", self.keys.room_channel(room), envelope)
         return future

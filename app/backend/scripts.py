@@ -129,17 +129,6 @@ return 'added'
 """,
 )
 
-# KEYS: room peers set; ARGV: target peer, channel, envelope
-# Returns 1 if the target is a member (and the envelope was published), else 0.
-RELAY = Script(
-    "relay",
-    """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-""",
-)
-
 # KEYS: room peers set; ARGV: channel, sync envelope head (msgpack, see envelope.py)
 # Publishes the room's members as a sync envelope, in channel order. Peer ids are at most
 # 64 bytes, so each is a msgpack fixstr or str8; the array header is fixarray or array16.
@@ -163,7 +152,7 @@ return n
 """,
 )
 
-ALL = (JOIN, LEAVE, REJOIN, RELAY, SYNC)
+ALL = (JOIN, LEAVE, REJOIN, SYNC)
 
 
 async def load_all(client: Redis) -> None:
