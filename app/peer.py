@@ -37,14 +37,20 @@ class Outbox:
     peer per turn instead of one per frame (a node's Redis reader hands over frames in
     batches, so under load a peer gets several per turn)."""
 
-    __slots__ = ("_dirty",)
+    __slots__ = ("_dirty", "_loop")
 
     def __init__(self) -> None:
         self._dirty: list[Peer] = []
+        # Bound at the first mark, then kept: asyncio.get_running_loop() costs a getpid()
+        # syscall per call (CPython 3.11 checks for a fork).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def mark(self, peer: Peer) -> None:
         if not self._dirty:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._flush)
         self._dirty.append(peer)
 
     def _flush(self) -> None:

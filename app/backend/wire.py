@@ -44,7 +44,10 @@ class _Protocol(asyncio.Protocol):
         self.wire = wire
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() costs a getpid() syscall each call (CPython 3.11
+        # checks for a fork), and _send would pay it for every command.
+        self.loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -109,14 +112,16 @@ class RedisWire:
         return self._send(args)
 
     def _send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        assert self._proto is not None  # submit checked
+        loop = self._proto.loop
+        future: asyncio.Future[Any] = loop.create_future()
         if not self._in_flight:
             self._last_progress = time.monotonic()
         self._out.append(hiredis.pack_command(args))
         self._in_flight.append((args, future))
         if not self._flush_at_turn_end:
             self._flush_at_turn_end = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
