@@ -181,17 +181,28 @@ class Scenario:
         raise NotImplementedError
 
 
-async def paced(rate: float, duration: float, send: Callable[[int], Awaitable[None]]) -> int:
-    """Call `send(i)` `rate` times a second for `duration` seconds; return the count."""
+async def paced(rate: float, duration: float, senders: int,
+                send: Callable[[int], Awaitable[None]]) -> None:
+    """`rate` frames a second for `duration` seconds, spread over `senders` clients that
+    each keep their own clock (`send(i)` for sender i), as independent users do.
+
+    Each sender sends every `senders / rate` seconds from its own phase, so frames reach
+    the nodes one by one, as they do from real clients, instead of in bursts a ticking
+    loop would make (which a node that batches per event-loop turn would be paid for).
+    """
+    period = senders / rate
     start = time.monotonic()
-    count = 0
-    while (now := time.monotonic()) - start < duration:
-        due = int((now - start) * rate)
-        while count < due:
-            await send(count)
-            count += 1
-        await asyncio.sleep(0.002)
-    return count
+
+    async def one(i: int) -> None:
+        due = start + period * i / senders  # phases spread evenly over one period
+        while due - start < duration:
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await send(i)
+            due += period
+
+    await asyncio.gather(*(one(i) for i in range(senders)))
 
 
 class Relay(Scenario):
@@ -221,9 +232,8 @@ class Relay(Scenario):
             except TimeoutError:
                 self.error("a sender's window never reopened (frames lost?)")
         else:
-            n = len(self.senders)
-            await paced(self.spec["rate"], duration,
-                        lambda i: self.send(*self.senders[i % n]))
+            await paced(self.spec["rate"], duration, len(self.senders),
+                        lambda i: self.send(*self.senders[i]))
         return await self.finish()
 
     async def windowed(self, conn: Conn, to: str, window: int, stop: float) -> None:
@@ -249,9 +259,8 @@ class Chat(Scenario):
     async def run(self) -> dict[str, Any]:
         self.sending = True
         self.started = time.monotonic()
-        n = len(self.senders)
-        await paced(self.spec["rate"], self.spec["duration"],
-                    lambda i: self.send(self.senders[i % n]))
+        await paced(self.spec["rate"], self.spec["duration"], len(self.senders),
+                    lambda i: self.send(self.senders[i]))
         return await self.finish()
 
 

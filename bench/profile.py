@@ -53,6 +53,7 @@ def _short(frame: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     p.add_argument("--scenario", default="relay", choices=["relay", "max", "chat"])
+    p.add_argument("--system", default="ours", help="ours, or ours@TREE (another checkout)")
     p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--node-env", action="append", default=[], metavar="NAME=VALUE")
@@ -65,7 +66,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     collapsed = out / f"profile-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.txt"
     node_env = dict(item.split("=", 1) for item in args.node_env)
-    cluster = Cluster(system_spec("ours", node_env)).start()
+    cluster = Cluster(system_spec(args.system, node_env)).start()
     try:
         # --native needs to stop the process for each sample; without it py-spy reads
         # memory while the node runs (--nonblocking), which skews it least

@@ -120,5 +120,9 @@ class SocketIO(Protocol):
         return PING if text == "2" else OTHER
 
 
+SOCKETIO_SYSTEMS = ("sio-node", "pysio")
+
+
 def protocol_for(system: str) -> Protocol:
-    return Protocol() if system.startswith("ours") else SocketIO()
+    """The Go and ws relays speak our protocol; the socket.io systems their own."""
+    return SocketIO() if system in SOCKETIO_SYSTEMS else Protocol()

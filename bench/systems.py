@@ -3,12 +3,14 @@
 Processes are launched with the test suite's helpers (`tests/support/procs.py`): a
 redis-server on a free loopback port (never the machine's 6379) and nodes that are ready
 when `GET /ready` answers 200. The peer systems are installed into `bench/.peers/` by
-`bench/run` (PyPI: python-socketio; npm: socket.io and @socket.io/redis-adapter).
+`bench/run` (PyPI: python-socketio; npm: socket.io and @socket.io/redis-adapter; Debian:
+the Go relay, built offline in GOPATH mode against gorilla/websocket and redigo).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import sys
@@ -29,6 +31,7 @@ class SystemSpec:
     argv: list[str]
     env: dict[str, str]
     ready: str = "http"  # GET /ready answers 200; "ws": a WebSocket upgrade succeeds
+    cwd: Path = ROOT  # "ours@TREE": the node of another checkout, for before/after runs
 
 
 def peer_python() -> str:
@@ -41,6 +44,11 @@ def peer_python() -> str:
 
 
 def system_spec(name: str, node_env: dict[str, str] | None = None) -> SystemSpec:
+    base, _, tree = name.partition("@")
+    if base == "ours" and tree:  # e.g. ours@/tmp/before: `git worktree add` of an older commit
+        spec = system_spec("ours", node_env)
+        return SystemSpec(name, f"signaling-cluster as checked out in {tree}", spec.argv,
+                          spec.env, cwd=Path(tree).resolve())
     if name in ("ours", "ours-picows"):
         # No per-peer rate limit: the peers have none, and the max-throughput run needs none.
         # Every load generator connects from loopback: no per-client connection cap; rooms
@@ -58,6 +66,11 @@ def system_spec(name: str, node_env: dict[str, str] | None = None) -> SystemSpec
         return SystemSpec(name, "socket.io 4 on Node.js + @socket.io/redis-adapter",
                           [node, str(ROOT / "bench/peers/sio_server.js")],
                           {"NODE_PATH": str(PEERS / "node" / "node_modules")})
+    if name == "go":
+        # One core, as this project's node (a Python process) uses one: the figures compare
+        # the work per message, not how many cores a runtime can spread it over.
+        return SystemSpec(name, "Go: gorilla/websocket + redigo (bench/peers/go_relay)",
+                          [str(PEERS / "go-relay")], {"GOMAXPROCS": "1"})
     if name == "pysio":
         return SystemSpec(name, "python-socketio 5 + AsyncRedisManager on aiohttp",
                           [peer_python(), str(ROOT / "bench/peers/pysio_server.py")], {})
@@ -73,12 +86,17 @@ class Cluster:
     nodes: list[NodeProcess] = field(default_factory=list)
 
     def start(self) -> Cluster:
-        self.redis.start()
-        self.nodes = [self._node(i) for i in range(2)]
-        for node in self.nodes:
-            node.start(wait_ready=False)
-        for node in self.nodes:
-            wait_until(self._ready(node), 30, f"{self.spec.name} node {node.url}")
+        """Everything started, or (a node that fails to come up) nothing left running."""
+        try:
+            self.redis.start()
+            self.nodes = [self._node(i) for i in range(2)]
+            for node in self.nodes:
+                node.start(wait_ready=False)
+            for node in self.nodes:
+                wait_until(self._ready(node), 30, f"{self.spec.name} node {node.url}")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _ready(self, node: NodeProcess) -> Callable[[], bool]:
@@ -97,9 +115,10 @@ class Cluster:
         return upgrades
 
     def _node(self, index: int) -> NodeProcess:
-        env = {"REDIS_URL": self.redis.url, "NODE_ID": f"{self.spec.name}{index}",
+        node_id = re.sub(r"[^A-Za-z0-9._-]", "-", self.spec.name).strip("-")[:60]
+        env = {"REDIS_URL": self.redis.url, "NODE_ID": f"{node_id}{index}",
                "LOG_LEVEL": "info", **self.spec.env}
-        return NodeProcess(env, argv=list(self.spec.argv), cwd=ROOT)
+        return NodeProcess(env, argv=list(self.spec.argv), cwd=self.spec.cwd)
 
     def restart_node(self, index: int) -> None:
         """A fresh process for node `index` (memory baselines need a clean heap)."""
