@@ -23,7 +23,7 @@ from bench import report, scenarios
 from bench.runner import BenchFailure, Plan
 from bench.systems import ROOT, Cluster, system_spec
 
-ALL_SYSTEMS = ["ours", "go", "sio-node", "pysio"]
+ALL_SYSTEMS = ["ours", "go", "ws-node", "sio-node", "pysio"]
 ALL_SCENARIOS = ["relay", "max", "chat", "join", "idle"]
 
 

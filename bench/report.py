@@ -14,8 +14,7 @@ from typing import Any
 OURS, NODE, PY, GO, WS = "ours", "sio-node", "pysio", "go", "ws-node"
 LABELS = {OURS: "this project", NODE: "socket.io (Node)", PY: "python-socketio",
           GO: "Go gorilla+redigo", WS: "Node ws+ioredis"}
-PEERS = (NODE, GO, WS)  # the peers the goals are set against (python-socketio is slower;
-# ws-node, Node's ws + ioredis, is not in bench/peers yet)
+PEERS = (NODE, GO, WS)  # the peers the goals are set against (python-socketio is slower)
 
 
 @dataclass(frozen=True)

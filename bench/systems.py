@@ -3,8 +3,9 @@
 Processes are launched with the test suite's helpers (`tests/support/procs.py`): a
 redis-server on a free loopback port (never the machine's 6379) and nodes that are ready
 when `GET /ready` answers 200. The peer systems are installed into `bench/.peers/` by
-`bench/run` (PyPI: python-socketio; npm: socket.io and @socket.io/redis-adapter; Debian:
-the Go relay, built offline in GOPATH mode against gorilla/websocket and redigo).
+`bench/run` (PyPI: python-socketio; npm: socket.io and @socket.io/redis-adapter, ws and
+ioredis; Debian: the Go relay, built offline in GOPATH mode against gorilla/websocket and
+redigo).
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def system_spec(name: str, node_env: dict[str, str] | None = None) -> SystemSpec
         node = shutil.which("node") or "node"
         return SystemSpec(name, "socket.io 4 on Node.js + @socket.io/redis-adapter",
                           [node, str(ROOT / "bench/peers/sio_server.js")],
+                          {"NODE_PATH": str(PEERS / "node" / "node_modules")})
+    if name == "ws-node":
+        node = shutil.which("node") or "node"
+        return SystemSpec(name, "Node.js: ws + ioredis (bench/peers/ws_server.js)",
+                          [node, str(ROOT / "bench/peers/ws_server.js")],
                           {"NODE_PATH": str(PEERS / "node" / "node_modules")})
     if name == "go":
         # One core, as this project's node (a Python process) uses one: the figures compare
