@@ -135,8 +135,13 @@ def machine() -> dict[str, Any]:
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}
 
 
+def short_label(system: str) -> str:
+    """A chart's x label: "ours@TREE" (a before/after run) reads as "before"."""
+    return "before" if system.startswith(f"{OURS}@") else LABELS.get(system, system)
+
+
 def chart(results: dict[str, Any], systems: list[str], path: Path) -> None:
-    """One small bar chart per headline figure, the three systems side by side."""
+    """One small bar chart per headline figure, the systems side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,11 +155,11 @@ def chart(results: dict[str, Any], systems: list[str], path: Path) -> None:
     colors = {OURS: "#2a9d8f", NODE: "#e9c46a", PY: "#e76f51", GO: "#457b9d", WS: "#8d99ae"}
     for ax, m in zip(axes.flat, shown, strict=False):
         vals = [value(results, s, m) or 0.0 for s in systems]
-        bars = ax.bar([LABELS.get(s, s) for s in systems], vals,
+        bars = ax.bar([short_label(s) for s in systems], vals,
                       color=[colors.get(s, "grey") for s in systems])
         ax.bar_label(bars, labels=[fmt(x) for x in vals], fontsize=8)
         ax.set_title(f"{m.title}\n({m.unit}, {m.better} is better)", fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=8, labelrotation=30)
         ax.margins(y=0.2)
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
