@@ -23,6 +23,10 @@ from tests.support.procs import NodeProcess, RedisServer, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "bench" / ".peers"
+NODE_SCRIPTS = {
+    "sio-node": ("socket.io 4 on Node.js + @socket.io/redis-adapter", "bench/peers/sio_server.js"),
+    "ws-node": ("Node.js: ws + ioredis (bench/peers/ws_server.js)", "bench/peers/ws_server.js"),
+}
 
 
 @dataclass(frozen=True)
@@ -62,15 +66,9 @@ def system_spec(name: str, node_env: dict[str, str] | None = None) -> SystemSpec
                               [sys.executable, "-m", "bench.picows_node"], env, ready="ws")
         return SystemSpec(name, "signaling-cluster (this project)",
                           [sys.executable, "-m", "app"], env)
-    if name == "sio-node":
-        node = shutil.which("node") or "node"
-        return SystemSpec(name, "socket.io 4 on Node.js + @socket.io/redis-adapter",
-                          [node, str(ROOT / "bench/peers/sio_server.js")],
-                          {"NODE_PATH": str(PEERS / "node" / "node_modules")})
-    if name == "ws-node":
-        node = shutil.which("node") or "node"
-        return SystemSpec(name, "Node.js: ws + ioredis (bench/peers/ws_server.js)",
-                          [node, str(ROOT / "bench/peers/ws_server.js")],
+    if name in NODE_SCRIPTS:  # Node.js peers, on the packages bench/run npm-installs
+        label, script = NODE_SCRIPTS[name]
+        return SystemSpec(name, label, [shutil.which("node") or "node", str(ROOT / script)],
                           {"NODE_PATH": str(PEERS / "node" / "node_modules")})
     if name == "go":
         # One core, as this project's node (a Python process) uses one: the figures compare

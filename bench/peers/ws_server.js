@@ -103,7 +103,8 @@ async function join(ws, name, peer) {
   send(ws, JSON.stringify({ type: "welcome", room: name, from: "server", to: peer,
     data: { peer, peers, node: NODE_ID } }));
   const notice = JSON.stringify({ type: "new-peer", room: name, from: "server", data: peer });
-  await pub.publish(channel(name), envelope("x", peer, notice));
+  pub.publish(channel(name), envelope("x", peer, notice))
+    .catch((err) => console.error(`new-peer ${name}/${peer}:`, err.message));
   return true;
 }
 
@@ -184,6 +185,9 @@ server.on("upgrade", (req, socket, head) => {
       joined = true;
       if (closed) return void leave(name, peer, ws).catch((err) => console.error("leave", err.message));
       for (const [data, isBinary] of early) onMessage(ws, name, peer, data, isBinary);
+    }).catch((err) => {
+      console.error(`join ${name}/${peer}:`, err.message);
+      ws.terminate();
     });
   });
 });
