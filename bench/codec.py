@@ -7,7 +7,7 @@ raw sockets, masked frames, a window of frames in flight per connection) drives 
 turn, interleaved over rounds. The figure that counts is the server's CPU (user + system,
 /proc) per echoed message, and the echo rate; the generator's CPU is not counted.
 
-Candidates: this project's `app/wsframe.py` on the raw transport (as `app/connection.py`
+Candidates: this project's `app/edge/wsframe.py` on the raw transport (as `app/edge/connection.py`
 uses it; also with one write per frame, as the libraries write), aiohttp's
 `WebSocketResponse`, websockets (its asyncio server over its sans-I/O protocol) and
 picows. It needs websockets and picows (the `bench` extra).
@@ -47,7 +47,7 @@ def serve(kind: str, port: int) -> None:
 async def _serve_ours(port: int, batched: bool = True) -> None:
     """Batched: one write per read, as the node's Outbox does; unbatched: one per frame,
     as the libraries do, to tell the codec's share from the write coalescing's."""
-    from app import wsframe
+    from app.edge import wsframe
 
     class Echo(asyncio.Protocol):
         def __init__(self) -> None:

@@ -21,13 +21,13 @@ import uvloop
 from aiohttp import web
 from picows import WSListener, WSMsgType, ws_create_server
 
-from app.config import Settings, settings_or_exit
-from app.connection import _Continue
-from app.logs import configure_logging
-from app.peer import Peer
-from app.server import create_app
-from app.service import SignalingService
-from app.state import SERVICE
+from app.config.settings import Settings, settings_or_exit
+from app.core.service import SignalingService
+from app.edge.connection import _Continue
+from app.edge.peer import Peer
+from app.edge.state import SERVICE
+from app.node import create_app
+from app.obs.logs import configure_logging
 
 
 class Edge(WSListener):  # type: ignore[misc]

@@ -30,7 +30,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.client import SignalingClient
+from signaling_client.client import SignalingClient
+
 from tests.support.peers import barrier
 from tests.support.procs import NodeProcess
 from tests.support.topology import ProcessCluster

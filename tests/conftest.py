@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from app.backend.clients import plain_client
-from app.backend.redis import client_from_url
-from app.keys import Keys
-from app.server import create_app
+from app.backends.rediswire.clients import plain_client
+from app.backends.rediswire.keys import Keys
+from app.backends.single import client_from_url
+from app.node import create_app
 from tests.support import hygiene
 from tests.support.cluster import (
     ADMIN_TOKEN,

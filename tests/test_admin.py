@@ -6,9 +6,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from signaling_client.client import Closed, SignalingClient
 
-from app.client import Closed, SignalingClient
-from app.server import create_app
+from app.node import create_app
 from tests.support.cluster import Cluster, node_settings, unique
 from tests.support.http import admin
 from tests.support.peers import barrier

@@ -10,9 +10,9 @@ from typing import Any
 import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from signaling_client.client import SignalingClient
+from signaling_client.events import Answer, NewPeer, Offer, to_event
 
-from app.client import SignalingClient
-from app.events import Answer, NewPeer, Offer, to_event
 from tests.support.cluster import unique
 from tests.support.procs import NodeProcess
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
+from signaling_client.client import Closed, Refused, SignalingClient
 
-from app.client import Closed, Refused, SignalingClient
 from bench.procstat import rss_bytes
 from tests.support.attacker import (
     OP_CONT,

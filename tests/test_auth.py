@@ -13,9 +13,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from signaling_client.client import Refused
 
-from app.client import Refused
-from app.config import ConfigError, Settings
+from app.config.settings import ConfigError, Settings
 from tests.support.cluster import NodeFactory
 from tests.support.peers import UPGRADE, close_all, connect, refusal, until_closed
 from tests.support.tokens import SECRET, forged_hs256, hs256_with, key_pair, mint, private_pem
@@ -113,7 +113,7 @@ async def test_public_key_tokens(make_node: NodeFactory, http: aiohttp.ClientSes
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app.token", *args, cwd=cwd, env=env,
+        sys.executable, "-m", "app.cli.tokens", *args, cwd=cwd, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     assert proc.returncode is not None

@@ -8,10 +8,8 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-
-from app.client import Refused, SignalingClient
-from app.config import Settings
-from app.events import (
+from signaling_client.client import Refused, SignalingClient
+from signaling_client.events import (
     Answer,
     Chat,
     Disconnected,
@@ -24,8 +22,10 @@ from app.events import (
     ServerError,
     Welcome,
 )
-from app.reconnect import Backoff, ReconnectingClient
-from app.server import create_app
+from signaling_client.reconnect import Backoff, ReconnectingClient
+
+from app.config.settings import Settings
+from app.node import create_app
 from tests.conftest import StartServer
 from tests.support.cluster import unique
 from tests.support.peers import barrier, summary

@@ -12,8 +12,8 @@ import asyncio
 import json
 
 import pytest
+from signaling_client.client import Closed, Refused, SignalingClient
 
-from app.client import Closed, Refused, SignalingClient
 from tests.support.cluster import Cluster, publish_raw, unique
 from tests.support.peers import barrier, close_all, summary
 from tests.support.wait import eventually

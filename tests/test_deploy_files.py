@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.config import Settings
+from app.config.settings import Settings
 from deploy.local import node_env
 from deploy.nginx_conf import NGINX_CONF, LocalNginx, RenderError, render
 from tests.support.nginx import nginx_binary

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from signaling_client.client import SignalingClient
 
-from app.client import SignalingClient
 from tests.support.procs import ROOT, free_port, wait_until
 from tests.test_launcher import Output
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from app.config import ConfigError, Settings
+from app.config.settings import ConfigError, Settings
 from workers.reaper import ReaperSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from signaling_client.client import Closed, Refused, SignalingClient
 
-from app.backend import scripts
-from app.client import Closed, Refused, SignalingClient
-from app.server import create_app
+from app.backends.rediswire import scripts
+from app.node import create_app
 from tests.conftest import StartServer
 from tests.support.cluster import node_settings
 from tests.support.peers import barrier, close_all, summary

@@ -22,10 +22,10 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from signaling_client.client import Frame, SignalingClient
 from yarl import URL
 
-from app.client import Frame, SignalingClient
-from app.state import METRICS, SERVICE
+from app.edge.state import METRICS, SERVICE
 from tests.support.cluster import Cluster, ServerFactory, in_process, publish_raw, unique
 from tests.support.peers import UPGRADE, barrier, close_all, connect
 

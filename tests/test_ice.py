@@ -9,10 +9,10 @@ import time
 from typing import Any
 
 import pytest
+from signaling_client.client import SignalingClient
 
-from app.client import SignalingClient
-from app.config import ConfigError, Settings
-from app.server import create_app
+from app.config.settings import ConfigError, Settings
+from app.node import create_app
 from tests.support.cluster import node_settings
 
 SECRET = "coturn-static-auth-secret"

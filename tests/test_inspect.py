@@ -1,4 +1,4 @@
-"""`python -m app.inspect` against real node processes and their redis-server."""
+"""`python -m app.cli.inspector` against real node processes and their redis-server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 import signal
 import sys
 
-from app.client import SignalingClient
+from signaling_client.client import SignalingClient
+
 from tests.support.cluster import unique
 from tests.support.peers import barrier
 from tests.support.procs import ROOT, NodeProcess, RedisServer
@@ -21,7 +22,7 @@ def inspector_env(nodes: list[NodeProcess]) -> dict[str, str]:
 
 async def inspect(nodes: list[NodeProcess], *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app.inspect", *args, cwd=ROOT, env=inspector_env(nodes),
+        sys.executable, "-m", "app.cli.inspector", *args, cwd=ROOT, env=inspector_env(nodes),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     assert not err, err.decode()
@@ -34,7 +35,7 @@ async def test_watch_decodes_a_rooms_live_envelopes(
 ) -> None:
     room = unique("room")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app.inspect", "watch", room, cwd=ROOT,
+        sys.executable, "-m", "app.cli.inspector", "watch", room, cwd=ROOT,
         env=inspector_env(node_processes), stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     try:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from signaling_client.client import SignalingClient
 
 import deploy.local
-from app.client import SignalingClient
 from deploy.children import LaunchError
 from tests.support.peers import barrier
 from tests.support.procs import ROOT, free_port, wait_until

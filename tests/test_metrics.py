@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+from signaling_client.client import SignalingClient
 
-from app.client import SignalingClient
-from app.server import create_app
+from app.node import create_app
 from tests.support.cluster import in_process, node_settings, unique
 from tests.support.http import Scrape, scrape
 from tests.support.peers import barrier
@@ -141,8 +141,8 @@ def test_apps_never_share_the_global_registry() -> None:
 def test_plain_latency_histogram_matches_prometheus_clients_own() -> None:
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from app.hotpath import LATENCY_BUCKETS
-    from app.metrics import NodeMetrics
+    from app.obs.hotpath import LATENCY_BUCKETS
+    from app.obs.metrics import NodeMetrics
 
     values = [0.0, 0.0005, 0.0007, 0.001, 0.003, 0.25, 0.2500001, 4.0, 5.0, 9.0]
     ours = NodeMetrics("n")

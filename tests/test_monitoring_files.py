@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from app.config import Settings
-from app.server import create_app
+from app.config.settings import Settings
+from app.node import create_app
 from tests.support.cluster import node_settings
 from tests.support.http import scrape
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from signaling_client.client import Closed, SignalingClient
 
-from app.client import Closed, SignalingClient
 from tests.support.peers import barrier
 from tests.support.procs import NodeProcess, RedisServer
 

@@ -7,9 +7,9 @@ import tomllib
 
 import aiohttp
 
-from app.config import Settings
-from app.page import STATIC_DIR
-from app.server import create_app
+from app.config.settings import Settings
+from app.edge.page import STATIC_DIR
+from app.node import create_app
 from tests.conftest import StartServer
 from tests.support.procs import ROOT
 

@@ -9,12 +9,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
+from signaling_client.client import Closed, Refused, SignalingClient
 
-from app import wsframe
-from app.client import Closed, Refused, SignalingClient
-from app.limits import RateLimit
-from app.peer import Outbox, Peer
-from app.ws import Detached, let_go
+from app.core.limits import RateLimit
+from app.edge import wsframe
+from app.edge.peer import Outbox, Peer
+from app.edge.ws import Detached, let_go
 from tests.support.cluster import NodeFactory
 from tests.support.peers import barrier, refusal
 
@@ -161,7 +161,7 @@ async def test_ping_pong_and_spoofed_fields_are_overwritten(url: str) -> None:
 
 async def test_queued_frames_of_every_length_class_arrive_intact_and_in_order(
         start_server: Any) -> None:
-    """A writer that finds several frames queued sends them in one write (app/peer.py);
+    """A writer that finds several frames queued sends them in one write (app/edge/peer.py);
     lengths around the 126 and 65536 boundaries of the WebSocket header must survive it."""
     lengths = [30, 125, 126, 127, 65535, 65536, 70000, 30, 125, 126]
     frames = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (n - 16)) for i, n in enumerate(lengths)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from app import envelope
-from app.backend import scripts
-from app.backend.redis import client_from_url
-from app.keys import Keys
+from app.backends.rediswire import scripts
+from app.backends.rediswire.keys import Keys
+from app.backends.single import client_from_url
+from app.core import envelope
 from tests.support.procs import RedisServer
 from workers.reaper import Reaper
 

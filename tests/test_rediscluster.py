@@ -21,9 +21,9 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from app.backend.clients import close_client, plain_client
-from app.backend.cluster_steps import Steps
-from app.keys import Keys
+from app.backends.cluster.steps import Steps
+from app.backends.rediswire.clients import close_client, plain_client
+from app.backends.rediswire.keys import Keys
 from tests.support.cluster import unique
 from tests.support.failover import all_ready, close_all, exchange, pairs_in
 from tests.support.peers import barrier, summary
@@ -91,7 +91,7 @@ async def test_inspector_reads_rooms_and_nodes_on_every_master_and_watches_a_roo
     rooms = [room_on(redis_cluster, keys, port) for port in redis_cluster.primaries()]
     env = {"REDIS_URL": redis_cluster.url, "KEY_PREFIX": keys.prefix}
     watcher = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app.inspect", "watch", rooms[0], env={**os.environ, **env},
+        sys.executable, "-m", "app.cli.inspector", "watch", rooms[0], env={**os.environ, **env},
         cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     assert watcher.stdout is not None
     try:

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+from signaling_client.client import Refused, SignalingClient
 
-from app.client import Refused, SignalingClient
 from tests.support.cluster import Cluster, NodeFactory, ServerFactory, in_process, unique
 from tests.support.nginx import NginxProcess
 from tests.support.peers import barrier, close_all, connect, eventually, refusal, until_closed

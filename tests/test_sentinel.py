@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from signaling_client.client import SignalingClient
 
-from app.client import SignalingClient
 from tests.support.failover import all_ready, close_all, exchange, pairs_in
 from tests.support.peers import barrier, summary
 from tests.support.procs import NodeProcess, wait_until

@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from signaling_client.client import Frame, Refused, SignalingClient
 
-from app.client import Frame, Refused, SignalingClient
 from tests.support.cluster import unique
 from tests.support.nginx import NginxProcess
 from tests.support.peers import barrier

@@ -11,16 +11,16 @@ import msgpack
 import pytest
 import uvloop
 
-from app import envelope, limits, protocol
-from app.clientip import client_ip, limit_key, parse_networks
-from app.config import ConfigError, Settings
-from app.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay
-from app.ids import is_valid_id, is_valid_peer, new_peer_id
-from app.keys import Keys
-from app.limits import RateLimit, TokenBucket, Verdict
-from app.main import loop_factory
-from app.protocol import ErrorCode, FrameError, depth, parse_frame
-from app.redisurl import RedisTarget, parse_redis_url
+from app.backends.rediswire.keys import Keys
+from app.cli.serve import loop_factory
+from app.config.redisurl import RedisTarget, parse_redis_url
+from app.config.settings import ConfigError, Settings
+from app.core import envelope, limits, protocol
+from app.core.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay
+from app.core.ids import is_valid_id, is_valid_peer, new_peer_id
+from app.core.limits import RateLimit, TokenBucket, Verdict
+from app.core.protocol import ErrorCode, FrameError, depth, parse_frame
+from app.edge.clientip import client_ip, limit_key, parse_networks
 
 
 def test_envelopes_round_trip_and_frames_stay_binary() -> None:

@@ -17,8 +17,8 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from signaling_client.client import SignalingClient
 
-from app.client import SignalingClient
 from tests.support.cluster import Cluster, in_process, unique
 from tests.support.procs import NodeProcess, RedisServer
 from tests.support.wait import eventually

@@ -1,4 +1,4 @@
-"""The pipelined Redis wire (app/backend/wire.py) on a real redis-server of its own.
+"""The pipelined Redis wire (app/backends/rediswire/wire.py) on a real redis-server of its own.
 
 What the backend relies on: replies matched to commands in submission order, even with
 many in one write; scripts reloaded when Redis lost them; a lost connection reported
@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from app.backend import scripts
-from app.backend.base import BackendUnavailable
-from app.backend.redis import client_from_url
-from app.backend.wire import RedisWire
+from app.backends.rediswire import scripts
+from app.backends.rediswire.wire import RedisWire
+from app.backends.single import client_from_url
+from app.core.ports import BackendUnavailable
 from tests.support.procs import RedisServer
 
 

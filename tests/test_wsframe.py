@@ -1,4 +1,4 @@
-"""RFC 6455 as the node speaks it on the raw socket (app/wsframe.py, app/connection.py):
+"""RFC 6455 as the node speaks it on the raw socket (app/edge/wsframe.py, app/edge/connection.py):
 what any client library may send (fragments, control frames between them, frames sent
 with the upgrade request, a client-initiated close) works, and broken framing closes
 the connection with the code the RFC names."""
@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from signaling_client.client import Frame, SignalingClient
 
-from app import wsframe
-from app.backend.memory import MemoryBackend
-from app.client import Frame, SignalingClient
-from app.config import Settings
-from app.limits import RateLimit
-from app.peer import Outbox, Peer
-from app.server import create_app
-from app.wsframe import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameReader
+from app.backends.memory import MemoryBackend
+from app.config.settings import Settings
+from app.core.limits import RateLimit
+from app.edge import wsframe
+from app.edge.peer import Outbox, Peer
+from app.edge.wsframe import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameReader
+from app.node import create_app
 from tests.conftest import StartServer
 from tests.support.attacker import client_frame
 from tests.support.cluster import NodeFactory, node_settings
@@ -307,7 +307,7 @@ async def test_a_frame_whose_handling_waits_holds_back_the_clients_later_frames(
 
 
 async def test_aiohttp_lets_go_of_upgraded_connections(start_server: StartServer) -> None:
-    """After the upgrade aiohttp keeps nothing of the connection (app/ws.py `let_go`):
+    """After the upgrade aiohttp keeps nothing of the connection (app/edge/ws.py `let_go`):
     its server lists no request handler for it, and the socket still works."""
     server = await start_server(create_app(node_settings(0)))
     url = str(server.make_url("")).rstrip("/")

@@ -8,7 +8,7 @@ Several reapers may run side by side: the script removes and announces only whil
 dead node still owns the membership, so exactly one of them wins each.
 
 On a Redis Cluster (`redis+cluster://`) the same happens in the steps of
-`app/backend/cluster_steps.py`: the room's LEAVE script on its slot, then `sig:rooms` put
+`app/backends/cluster/steps.py`: the room's LEAVE script on its slot, then `sig:rooms` put
 right and the event appended, then the index entry dropped. An entry whose membership is
 no longer the dead node's still gets `sig:rooms` put right: the node may have died half-way
 through a change, and the index entry is how its unfinished work is found. SCAN runs on
@@ -32,16 +32,17 @@ import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from app import envelope
-from app.backend import cluster_scripts, scripts
-from app.backend.clients import AnyRedis, close_client, plain_client
-from app.backend.cluster_steps import Steps
-from app.backend.pipe import LOST
-from app.config import ConfigError, EnvReader, settings_or_exit
-from app.ids import is_valid_id
-from app.keys import Keys
-from app.logs import configure_logging
-from app.redisurl import BadRedisUrl, parse_redis_url
+from app.backends.cluster import scripts as cluster_scripts
+from app.backends.cluster.steps import Steps
+from app.backends.rediswire import scripts
+from app.backends.rediswire.clients import AnyRedis, close_client, plain_client
+from app.backends.rediswire.keys import Keys
+from app.backends.rediswire.pipe import LOST
+from app.config.redisurl import BadRedisUrl, parse_redis_url
+from app.config.settings import ConfigError, EnvReader, settings_or_exit
+from app.core import envelope
+from app.core.ids import is_valid_id
+from app.obs.logs import configure_logging
 
 log = structlog.get_logger("reaper")
 

@@ -20,7 +20,7 @@ mistaken for an abandoned one (`WEBHOOK_CLAIM_IDLE_SECONDS` exceeds one retry's 
 
 On a Redis Cluster the stream is one key on one master, so the worker runs unchanged; the
 nodes append each event just after its change there, not inside it (at most once if a
-node dies in between: see `app/backend/cluster_steps.py`).
+node dies in between: see `app/backends/cluster/steps.py`).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ import structlog
 from dotenv import load_dotenv
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from app.backend.clients import AnyRedis, close_client, plain_client
-from app.config import ConfigError, Settings
-from app.keys import Keys
-from app.logs import configure_logging
+from app.backends.rediswire.clients import AnyRedis, close_client, plain_client
+from app.backends.rediswire.keys import Keys
+from app.config.settings import ConfigError, Settings
+from app.obs.logs import configure_logging
 from workers.delivery import Deliverer
 
 log = structlog.get_logger(__name__)

@@ -22,10 +22,10 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from app.backend import Backend, MemoryBackend, MemoryHub
-from app.config import Settings
-from app.keys import Keys
-from app.server import create_app
+from app.backends import Backend, MemoryBackend, MemoryHub
+from app.backends.rediswire.keys import Keys
+from app.config.settings import Settings
+from app.node import create_app
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 NodeFactory = Callable[..., Awaitable[str]]  # the `make_node` fixture: settings -> node URL
@@ -104,7 +104,7 @@ async def in_process(kind: str, n: int, start: ServerFactory, redis_url: str | N
         import fakeredis
         from fakeredis import aioredis
 
-        from app.backend.redis import RedisBackend
+        from app.backends.single import RedisBackend
 
         fake = fakeredis.FakeServer()
         redis = aioredis.FakeRedis(server=fake)
@@ -112,8 +112,8 @@ async def in_process(kind: str, n: int, start: ServerFactory, redis_url: str | N
         def factory(s: Settings) -> Backend:
             return RedisBackend(aioredis.FakeRedis(server=fake), s.node_id, keys)
     elif kind == "redis":  # any REDIS_URL form: one Redis, Sentinel, a Redis Cluster
-        from app.backend import create_backend
-        from app.backend.clients import plain_client
+        from app.backends import create_backend
+        from app.backends.rediswire.clients import plain_client
 
         assert redis_url is not None
         redis = plain_client(redis_url)

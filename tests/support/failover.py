@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import aiohttp
+from signaling_client.client import SignalingClient
 
-from app.client import SignalingClient
 from tests.support import peers
 from tests.support.peers import barrier, summary
 from tests.support.procs import NodeProcess

@@ -8,8 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
-
-from app.client import Closed, Frame, Refused, SignalingClient
+from signaling_client.client import Closed, Frame, Refused, SignalingClient
 
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade",
            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}

@@ -14,7 +14,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from app import token
+from app.cli import tokens as token
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 

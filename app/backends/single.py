@@ -1,0 +1,148 @@
+"""Redis backend: membership in sets, envelopes on per-room pub/sub channels (contract §2).
+
+One Redis, or the master that Sentinel names (`redis+sentinel://`, see `app/config/redisurl.py`):
+after a failover the connections break, the supervisor (`supervisor.py`) reconnects to the
+new master and the node repairs memberships as after any outage. On top of the shared
+lifecycle this backend has:
+- the ordered pipe: every command that publishes (see `pipe.py`);
+- the subscriber: one pub/sub connection for all rooms this node hosts;
+- Lua scripts that change a membership, the node index, `sig:rooms` and the events stream
+  and publish, in one atomic step (`scripts.py`).
+A Redis Cluster is `cluster.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+
+from app.backends.rediswire import scripts
+from app.backends.rediswire.clients import client_from_url, close_client
+from app.backends.rediswire.keys import Keys
+from app.backends.rediswire.pipe import OrderedPipe
+from app.backends.rediswire.pubsub_protocol import subscriber_for
+from app.backends.rediswire.subscriber import Subscriber
+from app.backends.rediswire.supervisor import FAILURES, SupervisedBackend
+from app.backends.rediswire.wire import RedisWire
+from app.core import envelope
+from app.core.ports import BackendEvents, BackendUnavailable, Rejoin, RoomFull
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["RedisBackend", "client_from_url"]
+
+
+class RedisBackend(SupervisedBackend):
+    def __init__(self, client: Redis, node_id: str, keys: Keys, node_ttl: float = 4.0,
+                 events_maxlen: int = 0) -> None:
+        super().__init__(client, node_id, keys, node_ttl)
+        self._client = client
+        self._events_maxlen = events_maxlen  # 0: append no room events (nobody consumes them)
+        on_error = lambda: self.observer.backend_error("command")  # noqa: E731
+        # The pipelined wire for plain TCP and Unix sockets (much less CPU per frame,
+        # bench/PROFILE.md); redis-py pipelines for TLS, Sentinel and fakeredis.
+        self._pipe: RedisWire | OrderedPipe = (
+            RedisWire.for_client(client, self._signal_lost, on_error)
+            or OrderedPipe(client, self._signal_lost, on_error=on_error))
+        self._subscriber: Subscriber | None = None
+
+    async def start(self, events: BackendEvents) -> None:
+        self._spawn(self._pipe.run(), "redis-pipe")
+        await super().start(events)
+
+    async def _connect(self) -> None:
+        """Scripts, liveness key, pub/sub connection with every room resubscribed."""
+        await scripts.load_all(self._client)
+        await self._beat(claim=True)
+        if all(reader.done() for reader in self._readers):
+            if self._subscriber is not None:
+                await self._subscriber.close()
+            subscriber = subscriber_for(self._client.connection_pool, self._on_message)
+            await subscriber.connect()
+            self._subscriber = subscriber
+            self._read(subscriber, "redis-subscriber")
+            await subscriber.subscribe(list(self._channels))
+        if isinstance(self._pipe, RedisWire):
+            await self._pipe.connect()
+        self._pipe.open()
+
+    def _drop(self, reason: str) -> None:
+        self._pipe.close(reason)
+
+    async def _close(self) -> None:
+        if isinstance(self._pipe, RedisWire):
+            await self._pipe.aclose()
+        if self._subscriber is not None:
+            await self._subscriber.close()
+        with contextlib.suppress(*FAILURES):
+            await close_client(self._client)
+
+    # -- pub/sub ---------------------------------------------------------------------------
+
+    async def subscribe(self, room: str) -> None:
+        if not self._up or self._subscriber is None:
+            raise BackendUnavailable("redis is unreachable")
+        channel = self.keys.room_channel(room).encode()
+        self._channels[channel] = room
+        try:
+            await self._subscriber.subscribe([channel])
+        except BaseException:
+            self._channels.pop(channel, None)  # not resubscribed after a reconnect either
+            raise
+
+    async def unsubscribe(self, room: str) -> None:
+        channel = self.keys.room_channel(room).encode()
+        if self._channels.pop(channel, None) is None or self._subscriber is None:
+            return
+        if self._up:
+            await self._subscriber.unsubscribe(channel)
+
+    # -- membership and publishing ---------------------------------------------------------
+
+    def _room_keys(self, room: str) -> tuple[str, str, str, str, str]:
+        k = self.keys
+        return (k.room_peers(room), k.room_conns(room), k.rooms, k.node_peers(self.node_id),
+                k.events)
+
+    async def _script(self, script: scripts.Script, room: str, *args: Any) -> Any:
+        future = await self._pipe.submit("EVALSHA", script.sha, 5, *self._room_keys(room),
+                                         room, *args)
+        return await future
+
+    async def join(
+        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0
+    ) -> list[str]:
+        members = await self._script(
+            scripts.JOIN, room, peer, self._owner(conn), self.keys.room_channel(room), fresh,
+            takeover, limit, *self.keys.node_peers_parts(), self._events_maxlen)
+        if members is None:
+            raise RoomFull(room)
+        return [m.decode() for m in members if m != peer.encode()]
+
+    async def leave(
+        self, room: str, peer: str, conn: str, envelope: bytes, announce_absent: bool = False
+    ) -> bool:
+        done = await self._script(scripts.LEAVE, room, peer, self._owner(conn),
+                                  self.keys.room_channel(room), envelope, int(announce_absent),
+                                  self._events_maxlen)
+        return bool(done)
+
+    async def rejoin(self, room: str, peer: str, conn: str, envelope: bytes) -> Rejoin:
+        result = await self._script(scripts.REJOIN, room, peer, self._owner(conn),
+                                    self.keys.room_channel(room), envelope,
+                                    self._events_maxlen)
+        return Rejoin(result.decode())
+
+    async def sync(self, room: str) -> None:
+        future = await self._pipe.submit(
+            "EVALSHA", scripts.SYNC.sha, 1, self.keys.room_peers(room),
+            self.keys.room_channel(room), envelope.sync_prefix(self.node_id))
+        await future
+
+    async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
+        future = await self._pipe.submit("PUBLISH", self.keys.room_channel(room), envelope)
+        return future

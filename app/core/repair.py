@@ -1,0 +1,109 @@
+"""Putting the cluster's picture of this node right after the backend comes back.
+
+Redis may return empty (restarted), or this node may have been reaped while it could not
+refresh its liveness key. Either way, once reconnected, before the node says it is ready:
+
+1. every client still connected here gets its membership back (announced as a join where
+   it had vanished; receivers that already knew the peer ignore it), or is closed with
+   4001 if another connection took its peer id meanwhile;
+2. every client that left during the outage is announced as gone;
+3. memberships still filed under this node that no connection here holds are removed;
+4. a few seconds later, when the other nodes have repaired too, each local room is
+   re-synchronised from a snapshot published in channel order: clients hear of leaves
+   that were announced while this node was not yet listening (or never announced, when
+   a node died during the outage) and of joins they missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import structlog
+
+from app.backends import BackendUnavailable, Rejoin
+from app.core import envelope
+from app.core.closes import CLOSE_REPLACED
+
+if TYPE_CHECKING:
+    from app.core.rooms import LocalRoom
+    from app.core.service import SignalingService
+    from app.edge.peer import Peer
+
+log = structlog.get_logger(__name__)
+
+RESYNC_AFTER = 3.0  # longer than the backends' reconnect backoff cap (2 s)
+
+
+class Repair:
+    def __init__(self, service: SignalingService) -> None:
+        self._service = service
+        self._pending_leaves: dict[tuple[str, str], str] = {}  # (room, peer) -> conn
+        self._resync: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
+
+    def leave_later(self, room: str, peer: str, conn: str) -> None:
+        """A leave the backend could not take; bounded by the peers that were connected."""
+        self._pending_leaves[(room, peer)] = conn
+
+    async def run(self) -> None:
+        service = self._service
+        held = [(local, peer) for local in list(service.rooms.values())
+                for peer in self._connected(local)]
+        results = await asyncio.gather(*(self._rejoin(local, peer) for local, peer in held))
+        pending, self._pending_leaves = self._pending_leaves, {}
+        try:
+            await asyncio.gather(*(self._leave(room, peer, conn, announce_absent=True)
+                                   for (room, peer), conn in pending.items()))
+        except BaseException:
+            self._pending_leaves.update(pending)  # try again on the next recovery
+            raise
+        connected = {(local.name, peer.id, peer.conn) for local, peer in held}
+        stale = [m for m in await service.backend.memberships() if m not in connected]
+        await asyncio.gather(*(self._leave(room, peer, conn or "gone", announce_absent=True)
+                               for room, peer, conn in stale))
+        log.info("memberships repaired", kept=results.count(Rejoin.KEPT),
+                 added=results.count(Rejoin.ADDED), taken=results.count(Rejoin.TAKEN),
+                 announced_leaves=len(pending), stale=len(stale))
+        self.close()
+        self._resync = asyncio.create_task(self._resync_later(), name="resync")
+
+    async def _resync_later(self) -> None:
+        await asyncio.sleep(RESYNC_AFTER)
+        rooms = list(self._service.rooms)
+        for room in rooms:
+            try:
+                await self._service.backend.sync(room)
+            except BackendUnavailable:
+                return  # lost again: the next recovery schedules another pass
+        log.info("rooms re-synchronised", rooms=len(rooms))
+
+    @staticmethod
+    def _connected(local: LocalRoom) -> list[Peer]:
+        """Clients whose join completed, active or not: a join envelope lost with the
+        connection to Redis would otherwise leave its client connected but deaf."""
+        peers = []
+        for peer in list(local.conns.values()):
+            if peer.closing or peer.known is None:
+                continue
+            if local.active.setdefault(peer.id, peer) is peer:
+                peers.append(peer)
+        return peers
+
+    async def _rejoin(self, local: LocalRoom, peer: Peer) -> Rejoin:
+        service = self._service
+        joined = envelope.join(service.node_id, peer.id, peer.conn, False)
+        result = await service.backend.rejoin(local.name, peer.id, peer.conn, joined)
+        if result is Rejoin.TAKEN and local.active.get(peer.id) is peer:
+            del local.active[peer.id]
+            peer.replaced = True
+            peer.close(CLOSE_REPLACED, "replaced by a newer connection")
+        return result
+
+    async def _leave(self, room: str, peer: str, conn: str, announce_absent: bool) -> None:
+        service = self._service
+        left = envelope.leave(service.node_id, peer, conn)
+        await service.backend.leave(room, peer, conn, left, announce_absent=announce_absent)

@@ -1,0 +1,369 @@
+"""The signaling service: rooms, peers and the rules of contract §1 and §3.
+
+It knows nothing of Redis or of HTTP. Joins, leaves, relays and chats go to the backend,
+and come back, in channel order, through `on_envelope`. What a client is told depends
+only on its position in that order (see `rooms.LocalRoom.joined`), and each client keeps
+the set of peers it was told about, so no announcement reaches it twice even when an
+outage makes the cluster repeat one.
+
+While the backend is down the node keeps serving what it can alone: frames between its
+own peers are delivered directly, the rest are answered `unavailable`, and leaves are
+remembered so they can be announced once the backend is back (`repair.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any
+
+import structlog
+
+from app.backends import Backend, BackendUnavailable
+from app.config.settings import Settings
+from app.core import envelope, protocol
+from app.core.closes import CLOSE_GOING_AWAY, CLOSE_POLICY
+from app.core.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay, Sync
+from app.core.ice import IceServers
+from app.core.ids import new_conn_id
+from app.core.limits import RateLimit, Verdict
+from app.core.protocol import ErrorCode, FrameError
+from app.core.repair import Repair
+from app.core.rooms import LocalRoom
+from app.edge.auth import PERM_CHAT
+from app.edge.peer import Outbox, Peer
+from app.obs.metrics import OK, NodeMetrics
+
+log = structlog.get_logger(__name__)
+
+
+_KIND: dict[type, str] = {Join: "j", Leave: "l", Relay: "r", Chat: "c", Kick: "k", Sync: "s"}
+
+
+class NodeFull(Exception):
+    """This node already hosts MAX_ROOMS_PER_NODE rooms; another node may take the peer."""
+
+
+class SignalingService:
+    def __init__(self, backend: Backend, settings: Settings,
+                 metrics: NodeMetrics | None = None) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.node_id = backend.node_id
+        self.rooms: dict[str, LocalRoom] = {}
+        self.metrics = metrics if metrics is not None else NodeMetrics(self.node_id)
+        self.metrics.watch(
+            peers=lambda: sum(len(local.conns) for local in self.rooms.values()),
+            rooms=lambda: len(self.rooms),
+            subscriptions=lambda: sum(local.subscribed for local in self.rooms.values()),
+            ready=lambda: backend.ready,
+        )
+        self.ice = IceServers.from_settings(settings)
+        self.draining = False
+        self.outbox = Outbox()
+        self.repair = Repair(self)
+        self._no_rooms = asyncio.Event()
+        self._no_rooms.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.backend.ready and not self.draining
+
+    # -- joining and leaving -------------------------------------------------------------
+
+    async def join(self, room: str, peer_id: str, perms: frozenset[str] | None = None) -> Peer:
+        """Add a peer to the room (before the upgrade, so refusals are plain HTTP).
+
+        `perms` None means no token auth: everything is allowed. Raises
+        `BackendUnavailable`, `RoomFull` or `NodeFull`; nothing is left behind then.
+        """
+        local, peer = await self._add_local(room, peer_id)
+        peer.perms = perms
+        try:
+            fresh = envelope.join(self.node_id, peer_id, peer.conn, False)
+            takeover = envelope.join(self.node_id, peer_id, peer.conn, True)
+            others = await self.backend.join(room, peer_id, peer.conn, fresh, takeover,
+                                             limit=self.settings.room_max_peers)
+        except BaseException:
+            if local.active.get(peer_id) is peer:  # its join envelope came back: undo that
+                del local.active[peer_id]
+            await self._drop_local(local, peer)
+            raise
+        peer.learn_snapshot(others)
+        peer.welcome = protocol.welcome_frame(room, peer_id, others, self.node_id,
+                                              self.ice.welcome_data(peer_id))
+        self.metrics.connections.inc()
+        log.debug("peer joined", room=room, peer=peer_id, conn=peer.conn)
+        return peer
+
+    async def leave(self, peer: Peer) -> None:
+        """Remove a peer whose connection is over; announce it unless it was replaced."""
+        local = self.rooms.get(peer.room)
+        if local is None:
+            return
+        if local.active.get(peer.id) is peer:
+            del local.active[peer.id]
+        if peer.overflowed:
+            self.metrics.queue_overflows.inc()
+        try:
+            if peer.replaced:
+                await self._release(peer)
+            else:
+                await self._announce_leave(local, peer)
+        finally:
+            await self._drop_local(local, peer)
+        log.debug("peer left", room=peer.room, peer=peer.id, conn=peer.conn)
+
+    async def _announce_leave(self, local: LocalRoom, peer: Peer) -> None:
+        left = envelope.leave(self.node_id, peer.id, peer.conn)
+        try:
+            if not self.backend.ready:
+                raise BackendUnavailable("backend down")
+            await self.backend.leave(peer.room, peer.id, peer.conn, left)
+        except BackendUnavailable:
+            # Tell this node's peers now; the cluster hears it once the backend is back.
+            local.left(peer.id)
+            self.repair.leave_later(peer.room, peer.id, peer.conn)
+
+    async def _release(self, peer: Peer) -> None:
+        """A replaced connection owns no membership, so its leave publishes nothing; it
+        lets a backend drop what it files per node (a cluster's node index entry)."""
+        left = envelope.leave(self.node_id, peer.id, peer.conn)
+        with contextlib.suppress(BackendUnavailable):
+            await self.backend.leave(peer.room, peer.id, peer.conn, left)
+
+    async def _add_local(self, room: str, peer_id: str) -> tuple[LocalRoom, Peer]:
+        """Register a connection, subscribing first if it is the room's first here."""
+        while True:
+            local = self.rooms.get(room) or self._new_room(room)
+            async with local.lock:
+                if self.rooms.get(room) is not local:
+                    continue  # the last peer left and the room was dropped while we waited
+                if not local.subscribed:
+                    try:
+                        await self.backend.subscribe(room)
+                    except BaseException:
+                        self._forget_if_empty(local)
+                        raise
+                    local.subscribed = True
+                peer = self._new_peer(room, peer_id)
+                local.conns[peer.conn] = peer
+                return local, peer
+
+    async def _drop_local(self, local: LocalRoom, peer: Peer) -> None:
+        """Unregister a connection; unsubscribe if it was the room's last here."""
+        async with local.lock:
+            local.conns.pop(peer.conn, None)
+            if local.conns or not local.subscribed:
+                return
+            local.subscribed = False
+            with contextlib.suppress(BackendUnavailable):
+                await self.backend.unsubscribe(local.name)
+            self._forget_if_empty(local)
+
+    def _new_room(self, room: str) -> LocalRoom:
+        limit = self.settings.max_rooms_per_node
+        if limit and len(self.rooms) >= limit:
+            raise NodeFull(f"this node already hosts {limit} rooms")
+        local = self.rooms[room] = LocalRoom(room)
+        self._no_rooms.clear()
+        return local
+
+    def _forget_if_empty(self, local: LocalRoom) -> None:
+        if not local.conns and self.rooms.get(local.name) is local:
+            del self.rooms[local.name]
+            if not self.rooms:
+                self._no_rooms.set()
+
+    def _new_peer(self, room: str, peer_id: str) -> Peer:
+        s = self.settings
+        rate = RateLimit(s.rate_limit_per_s, s.rate_limit_burst, s.rate_limit_strikes,
+                         s.rate_limit_bytes_per_s, s.rate_limit_bytes_burst)
+        return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, rate, self.outbox)
+
+    def peers(self) -> list[Peer]:
+        return [peer for local in self.rooms.values() for peer in local.conns.values()]
+
+    async def kick(self, room: str, peer: str | None, code: int, reason: str) -> None:
+        """Close `peer`'s connections (None: the whole room's) on whichever nodes hold them.
+
+        The kick travels on the room channel, so every node hosting the room acts on it in
+        order; each closes its own connections, whose leave then announces `peer-left`.
+        """
+        sent = await self.backend.publish(room, envelope.kick(self.node_id, peer, code, reason))
+        await sent
+
+    async def close_all(self, code: int, reason: str, within: float = 4) -> None:
+        """Close every local connection and wait (at most `within` seconds) until each
+        connection's end has made its peer leave."""
+        for peer in self.peers():
+            peer.close(code, reason)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_rooms.wait(), within)
+
+    async def drain(self, seconds: float, now: asyncio.Event) -> None:
+        """Refuse new peers at once; after `seconds` (or when `now` is set) close the rest.
+
+        Clients closed with 1001 reconnect through the load balancer to another node. A node
+        without peers, or whose last peer leaves meanwhile, has nothing to wait for: new
+        upgrades are refused already, so it stops at once.
+        """
+        self.draining = True
+        self.metrics.set_draining(True)
+        log.info("draining", seconds=seconds, peers=len(self.peers()))
+        waits = [asyncio.ensure_future(now.wait()), asyncio.ensure_future(self._no_rooms.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        await self.close_all(CLOSE_GOING_AWAY, "node shutting down")
+
+    # -- frames from clients ---------------------------------------------------------------
+
+    async def handle_text(self, peer: Peer, text: str) -> None:
+        """One text frame from `peer`: answer it, or hand it to the backend in order."""
+        if not self._within_rate(peer, len(text)):
+            return None
+        limit = self.settings.max_frame_bytes
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            return self._refuse(peer, ErrorCode.TOO_LARGE, f"frame exceeds {limit} bytes")
+        try:
+            msg = protocol.parse_frame(text, self.settings.max_json_depth)
+        except FrameError as exc:
+            return self._refuse(peer, exc.code, exc.message)
+        if msg.type in protocol.RELAY_TYPES:
+            assert msg.to is not None
+            await self._relay(peer, msg.type, msg.to, msg.data)
+        elif msg.type == "chat":
+            if peer.perms is not None and PERM_CHAT not in peer.perms:
+                return self._refuse(peer, ErrorCode.FORBIDDEN, "your token does not allow chat",
+                                    "chat")
+            await self._chat(peer, protocol.chat_frame(peer.room, peer.id, msg.data))
+        elif msg.type == "ping":
+            peer.send(protocol.PONG)
+            self.metrics.frame("ping", OK)
+        else:
+            self._refuse(peer, ErrorCode.UNKNOWN_TYPE, f"unknown type {msg.type[:64]!r}",
+                         "other")
+
+    def handle_binary(self, peer: Peer) -> None:
+        if self._within_rate(peer):
+            self._refuse(peer, ErrorCode.BAD_MESSAGE,
+                         "binary frames are not accepted; send JSON text", "binary")
+
+    def handle_control(self, peer: Peer) -> bool:
+        """A ping or pong from the client counts like any frame (no answer when refused:
+        control frames get none); True if it may be answered."""
+        return self._within_rate(peer, 0, answer=False)
+
+    def _within_rate(self, peer: Peer, size: int = 0, answer: bool = True) -> bool:
+        """Every frame counts, bad ones and control frames too, and so do its bytes; past
+        RATE_LIMIT_STRIKES the peer is closed."""
+        verdict = peer.rate.check(size)
+        if verdict is Verdict.PASS:
+            return True
+        if verdict is Verdict.CLOSE:
+            if not peer.closing:
+                self.metrics.rate_limit_closes.inc()
+                log.info("closing flooding peer", room=peer.room, peer=peer.id)
+                peer.close(CLOSE_POLICY, "rate limit exceeded")
+        elif answer:
+            self._refuse(peer, ErrorCode.RATE_LIMITED,
+                         "too many frames or bytes per second, slow down")
+        return False
+
+    async def _relay(self, peer: Peer, kind: str, to: str, data: Any) -> None:
+        """`to` must be a peer the sender was told of (its welcome, then `new-peer` and
+        `peer-left`, in channel order), or itself: that answers `peer-not-found` without a
+        round trip to Redis, and the relay is one PUBLISH. A peer that has just left and
+        whose `peer-left` is still on its way misses the frame, as it would a moment later."""
+        if to != peer.id and (peer.known is None or to not in peer.known):
+            return self._refuse(peer, ErrorCode.PEER_NOT_FOUND, f"no peer {to[:64]!r} in room",
+                                kind)
+        frame = protocol.relay_frame(kind, peer.room, peer.id, to, data)
+        if not self.backend.ready:  # alone: only this node's peers can be reached
+            local = self.rooms.get(peer.room)
+            if local is None or not local.relay(to, frame):
+                self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable", kind)
+            return
+        env = envelope.relay(self.node_id, to, frame)
+        await self._submit(peer, kind, self.backend.publish(peer.room, env))
+
+    async def _chat(self, peer: Peer, frame: bytes) -> None:
+        if not self.backend.ready:
+            local = self.rooms.get(peer.room)
+            if local is not None:
+                local.chat(frame)
+                if not local.remote_peers(peer):
+                    return
+            return self._refuse(peer, ErrorCode.UNAVAILABLE,
+                                "signaling backend unavailable: peers on other nodes missed it",
+                                "chat")
+        await self._submit(peer, "chat", self.backend.publish(peer.room, envelope.chat(
+            self.node_id, frame)))
+
+    async def _submit(self, peer: Peer, kind: str, call: Awaitable[asyncio.Future[Any]]
+                      ) -> None:
+        """Await the backend's queueing, then report the outcome to the sender later."""
+        try:
+            future = await call
+        except BackendUnavailable:
+            return self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable",
+                                kind)
+        future.add_done_callback(lambda f: self._report(peer, kind, f))
+
+    def _report(self, peer: Peer, kind: str, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        if future.exception() is not None:
+            self._refuse(peer, ErrorCode.UNAVAILABLE, "signaling backend unavailable", kind)
+        else:
+            self.metrics.frame(kind, OK)
+
+    def _refuse(self, peer: Peer, code: ErrorCode, message: str, kind: str = "invalid") -> None:
+        """Answer a frame with an error; `kind` is its type for metrics (invalid: unknown)."""
+        self.metrics.frame(kind, code)
+        self.metrics.error(code)
+        peer.send(protocol.error_frame(code, message))
+
+    # -- what the backend reports (BackendEvents) ------------------------------------------
+
+    def on_envelope(self, room: str, payload: bytes) -> None:
+        local = self.rooms.get(room)
+        if local is None:
+            return
+        try:
+            env = envelope.decode(payload)
+        except BadEnvelope as exc:
+            self.metrics.bad_envelope()
+            log.warning("dropped undecodable envelope", room=room, error=str(exc),
+                        size=len(payload))
+            return
+        self.metrics.envelope(_KIND[type(env)])
+        if isinstance(env, Relay):
+            if local.relay(env.to, env.frame):
+                self.metrics.delivered("relay", env.node != self.node_id, env.sent)
+        elif isinstance(env, Chat):
+            if local.active:
+                local.chat(env.frame)
+                self.metrics.delivered("chat", env.node != self.node_id, env.sent)
+        elif isinstance(env, Join):
+            local.joined(self.node_id, env)
+        elif isinstance(env, Leave):
+            local.left(env.peer)
+        elif isinstance(env, Sync) and env.node == self.node_id:
+            for target in local.active.values():
+                target.resync(env.members, room)
+        elif isinstance(env, Kick):
+            for peer in list(local.conns.values()):  # all of them: a closed room
+                if env.peer is None or peer.id == env.peer:
+                    self.metrics.kicks.inc()
+                    peer.close(env.code, env.reason)
+
+    def on_lost(self) -> None:
+        log.warning("backend lost: serving local peers only", rooms=len(self.rooms))
+
+    async def on_recovered(self) -> None:
+        await self.repair.run()
