@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from app.backends import Backend, create_backend
+from app.backends import create_backend
 from app.config.settings import Settings
 from app.core.closes import CLOSE_GOING_AWAY
+from app.core.ports import Backend
 from app.core.service import SignalingService
 from app.edge import admin, headers, page, ws
 from app.edge import endpoints as http

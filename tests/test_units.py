@@ -13,6 +13,7 @@ import uvloop
 
 from app.backends.rediswire.keys import Keys
 from app.cli.serve import loop_factory
+from app.config.networks import parse_networks
 from app.config.redisurl import RedisTarget, parse_redis_url
 from app.config.settings import ConfigError, Settings
 from app.core import envelope, limits, protocol
@@ -20,7 +21,7 @@ from app.core.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay
 from app.core.ids import is_valid_id, is_valid_peer, new_peer_id
 from app.core.limits import RateLimit, TokenBucket, Verdict
 from app.core.protocol import ErrorCode, FrameError, depth, parse_frame
-from app.edge.clientip import client_ip, limit_key, parse_networks
+from app.edge.clientip import client_ip, limit_key
 
 
 def test_envelopes_round_trip_and_frames_stay_binary() -> None:

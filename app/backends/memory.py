@@ -13,9 +13,17 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from app.backends.rediswire.directory import Directory, NodeInfo, PeerInfo
 from app.core import envelope
-from app.core.ports import Backend, BackendEvents, Rejoin, RoomFull, resolved
+from app.core.ports import (
+    Backend,
+    BackendEvents,
+    Directory,
+    NodeInfo,
+    PeerInfo,
+    Rejoin,
+    RoomFull,
+    resolved,
+)
 
 log = structlog.get_logger(__name__)
 

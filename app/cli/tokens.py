@@ -19,8 +19,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from dotenv import load_dotenv
 
+from app.config.keyfiles import MIN_SECRET_BYTES, key_algorithm
 from app.core.ids import is_valid_id, is_valid_peer
-from app.edge.auth import MIN_SECRET_BYTES, key_algorithm
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 

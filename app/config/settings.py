@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 from dotenv import load_dotenv
 
+from app.config.keyfiles import MIN_SECRET_BYTES, load_public_key
+from app.config.networks import parse_networks
 from app.config.redisurl import BadRedisUrl, parse_redis_url
 from app.core.ids import ID_PATTERN
-from app.edge.auth import MIN_SECRET_BYTES, load_public_key
-from app.edge.clientip import parse_networks
 
 # The original's Next.js dev server, and the demo page that a node on the default port
 # serves itself (app/edge/page.py).

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, TypeVar
-
-from app.backends.rediswire.directory import Directory
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -74,6 +73,41 @@ class _Silent:
 
     def backend_reconnected(self) -> None:
         pass
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    peer: str
+    node: str
+    conn: str
+
+    @classmethod
+    def from_owner(cls, peer: str, owner: str) -> PeerInfo:
+        """`owner` is the `node/conn` that the membership records."""
+        node, _, conn = owner.rpartition("/")
+        return cls(peer, node, conn)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node: str
+    alive: bool  # its liveness key exists; a dead node's peers wait for the reaper
+    peers: int  # memberships owned by its connections
+    details: dict[str, Any] = field(default_factory=dict)  # host, pid, started when known
+
+
+class Directory(ABC):
+    @abstractmethod
+    async def rooms(self) -> dict[str, int]:
+        """Rooms with at least one peer, and how many peers each has."""
+
+    @abstractmethod
+    async def room(self, room: str) -> list[PeerInfo]:
+        """The peers of `room` and the node and connection that own each membership."""
+
+    @abstractmethod
+    async def nodes(self) -> list[NodeInfo]:
+        """Nodes that are alive or still own memberships, with their peer counts."""
 
 
 class Backend(ABC):

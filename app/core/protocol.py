@@ -15,6 +15,8 @@ from typing import Any, Final
 import orjson
 
 SERVER: Final = "server"
+PERM_CHAT: Final = "chat"  # the token permission that lets a peer send chat
+OK: Final = "ok"  # a frame's outcome when no error code answered it (metrics label)
 RELAY_TYPES: Final = frozenset({"offer", "answer", "ice"})
 PONG: Final = b'{"type":"pong"}'
 

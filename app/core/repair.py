@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from app.backends import BackendUnavailable, Rejoin
 from app.core import envelope
 from app.core.closes import CLOSE_REPLACED
+from app.core.ports import BackendUnavailable, Rejoin
 
 if TYPE_CHECKING:
     from app.core.rooms import LocalRoom

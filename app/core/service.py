@@ -20,7 +20,6 @@ from typing import Any
 
 import structlog
 
-from app.backends import Backend, BackendUnavailable
 from app.config.settings import Settings
 from app.core import envelope, protocol
 from app.core.closes import CLOSE_GOING_AWAY, CLOSE_POLICY
@@ -28,12 +27,12 @@ from app.core.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay, Sync
 from app.core.ice import IceServers
 from app.core.ids import new_conn_id
 from app.core.limits import RateLimit, Verdict
-from app.core.protocol import ErrorCode, FrameError
+from app.core.ports import Backend, BackendUnavailable
+from app.core.protocol import OK, PERM_CHAT, ErrorCode, FrameError
 from app.core.repair import Repair
 from app.core.rooms import LocalRoom
-from app.edge.auth import PERM_CHAT
 from app.edge.peer import Outbox, Peer
-from app.obs.metrics import OK, NodeMetrics
+from app.obs.metrics import NodeMetrics
 
 log = structlog.get_logger(__name__)
 

@@ -20,12 +20,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
-from app.backends import BackendUnavailable
 from app.core.closes import CLOSE_KICKED, CLOSE_ROOM_CLOSED
 from app.core.ids import is_valid_id, is_valid_peer
 from app.core.limits import Failures
+from app.core.ports import BackendUnavailable
 from app.edge.clientip import limit_key
 from app.edge.endpoints import json_error
 from app.edge.state import GATE, SERVICE
@@ -81,7 +80,7 @@ def _guarded(token: bytes) -> Callable[[Handler], Handler]:
                 return json_error(400, "bad-peer", "not a peer id")
             try:
                 return await handler(request)
-            except (BackendUnavailable, RedisError, OSError):
+            except (BackendUnavailable, OSError):
                 return json_error(503, "unavailable", "signaling backend unavailable")
 
         return checked

@@ -17,11 +17,12 @@ from functools import partial
 import structlog
 from aiohttp import hdrs, web
 
+from app.config.networks import parse_networks
 from app.config.settings import Settings
 from app.core import protocol
 from app.core.ids import is_valid_id, is_valid_peer, new_peer_id
 from app.edge.auth import AuthError, Verifier
-from app.edge.clientip import client_ip, is_trusted, limit_key, parse_ip, parse_networks
+from app.edge.clientip import client_ip, is_trusted, limit_key, parse_ip
 
 log = structlog.get_logger(__name__)
 

@@ -8,24 +8,14 @@ that is not a trusted proxy is the one no client could have forged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
+
+from app.config.networks import Networks
 
 Address = IPv4Address | IPv6Address
-Networks = tuple[IPv4Network | IPv6Network, ...]
 
 IPV6_CLIENT_PREFIX = 64  # one IPv6 subscriber usually holds a whole /64
-
-
-def parse_networks(items: Iterable[str]) -> Networks:
-    """`["10.0.0.0/8", "127.0.0.1"]` -> networks; raises ValueError naming a bad item."""
-    nets = []
-    for item in items:
-        try:
-            nets.append(ip_network(item.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
-    return tuple(nets)
 
 
 def parse_ip(text: str | None) -> Address | None:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import structlog
 from aiohttp import hdrs, web
 
-from app.backends import BackendUnavailable, RoomFull
 from app.core.closes import CLOSE_TOKEN_EXPIRED
+from app.core.ports import BackendUnavailable, RoomFull
 from app.core.service import NodeFull, SignalingService
 from app.edge import wsframe
 from app.edge.admission import Refusal, Ticket

@@ -16,9 +16,8 @@ from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from app.core.protocol import ErrorCode
+from app.core.protocol import OK, ErrorCode
 
-OK: Final = "ok"
 FRAME_TYPES: Final = ("offer", "answer", "ice", "chat", "ping", "other", "invalid", "binary")
 """`invalid`: refused before its type counted (too large, rate-limited, malformed);
 `other`: a well-formed frame of an unknown type."""

@@ -19,8 +19,8 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from app.core.protocol import ErrorCode
-from app.obs.hotpath import OK, HotPath
+from app.core.protocol import OK, ErrorCode
+from app.obs.hotpath import HotPath
 
 __all__ = ["CONTENT_TYPE", "OK", "NodeMetrics"]
 

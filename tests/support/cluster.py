@@ -22,9 +22,10 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from app.backends import Backend, MemoryBackend, MemoryHub
+from app.backends import MemoryBackend, MemoryHub
 from app.backends.rediswire.keys import Keys
 from app.config.settings import Settings
+from app.core.ports import Backend
 from app.node import create_app
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]

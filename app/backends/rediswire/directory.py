@@ -9,50 +9,33 @@ on every master and cross-slot reads are pipelined per master.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from app.backends.rediswire.keys import Keys
+from app.core.ports import BackendUnavailable, Directory, NodeInfo, PeerInfo
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Read = Callable[P, Coroutine[Any, Any, R]]
 
 
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    peer: str
-    node: str
-    conn: str
-
-    @classmethod
-    def from_owner(cls, peer: str, owner: str) -> PeerInfo:
-        """`owner` is the `node/conn` that the membership records."""
-        node, _, conn = owner.rpartition("/")
-        return cls(peer, node, conn)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    node: str
-    alive: bool  # its liveness key exists; a dead node's peers wait for the reaper
-    peers: int  # memberships owned by its connections
-    details: dict[str, Any] = field(default_factory=dict)  # host, pid, started when known
-
-
-class Directory(ABC):
-    @abstractmethod
-    async def rooms(self) -> dict[str, int]:
-        """Rooms with at least one peer, and how many peers each has."""
-
-    @abstractmethod
-    async def room(self, room: str) -> list[PeerInfo]:
-        """The peers of `room` and the node and connection that own each membership."""
-
-    @abstractmethod
-    async def nodes(self) -> list[NodeInfo]:
-        """Nodes that are alive or still own memberships, with their peer counts."""
+def _unavailable(read: Read[P, R]) -> Read[P, R]:
+    """A Redis that cannot answer is the port's BackendUnavailable, not a redis-py error:
+    callers (admin API) need not know which backend they read."""
+    @functools.wraps(read)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await read(*args, **kwargs)
+        except (RedisError, OSError) as e:
+            raise BackendUnavailable(str(e)) from e
+    return wrapper
 
 
 class RedisDirectory(Directory):
@@ -60,6 +43,7 @@ class RedisDirectory(Directory):
         self._client = client
         self._keys = keys
 
+    @_unavailable
     async def rooms(self) -> dict[str, int]:
         names = sorted(_text(m) for m in await self._client.smembers(self._keys.rooms))
         async with self._client.pipeline(transaction=False) as pipe:
@@ -68,11 +52,13 @@ class RedisDirectory(Directory):
             counts = await pipe.execute()
         return {name: int(n) for name, n in zip(names, counts, strict=True) if n}
 
+    @_unavailable
     async def room(self, room: str) -> list[PeerInfo]:
         conns = await self._client.hgetall(self._keys.room_conns(room))
         return sorted((PeerInfo.from_owner(_text(p), _text(o)) for p, o in conns.items()),
                       key=lambda info: info.peer)
 
+    @_unavailable
     async def nodes(self) -> list[NodeInfo]:
         head = f"{self._keys.prefix}node:{{"
         live = {_text(k)[len(head):-1] async for k in self._client.scan_iter(
