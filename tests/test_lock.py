@@ -43,7 +43,7 @@ def test_the_lock_pins_every_package_with_hashes_and_pins_uv_itself() -> None:
                  "uv"):
         assert name in packages, name
     for p in packages.values():
-        if p["source"].get("editable") == ".":  # the project itself
+        if p["source"].get("editable") in (".", "client"):  # the project, its client library
             continue
         files = [*p.get("wheels", []), *([p["sdist"]] if "sdist" in p else [])]
         assert files and all(f["hash"].startswith("sha256:") for f in files), p["name"]
