@@ -22,6 +22,7 @@ from app.edge import admin, headers, page, ws
 from app.edge import endpoints as http
 from app.edge.admission import Gate
 from app.edge.connection import Sockets
+from app.edge.peer import peer_factory
 from app.edge.state import GATE, METRICS, SERVICE, SETTINGS, SOCKETS
 from app.obs.metrics import NodeMetrics
 
@@ -55,7 +56,8 @@ def create_app(
         backend = backend_factory(settings)
         backend.observer = metrics
         metrics.set_backend(type(backend).__name__.removesuffix("Backend").lower())
-        service = SignalingService(backend, settings, metrics)
+        service = SignalingService(backend, settings.rules(), metrics,
+                                   peer_factory(settings.send_queue_bytes))
         await backend.start(service)
         app[SERVICE] = service
         app[SOCKETS] = sockets = Sockets(service, settings.ws_heartbeat_seconds)

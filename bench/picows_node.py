@@ -24,7 +24,7 @@ from picows import WSListener, WSMsgType, ws_create_server
 from app.config.settings import Settings, settings_or_exit
 from app.core.service import SignalingService
 from app.edge.connection import _Continue
-from app.edge.peer import Peer
+from app.edge.peer import Peer, as_peer
 from app.edge.state import SERVICE
 from app.node import create_app
 from app.obs.logs import configure_logging
@@ -53,7 +53,7 @@ class Edge(WSListener):  # type: ignore[misc]
     async def _join(self) -> None:
         if self.room == "ready":
             return  # the readiness probe
-        self.peer = await self.service.join(self.room, self.peer_id, None)
+        self.peer = as_peer(await self.service.join(self.room, self.peer_id, None))
         assert self.raw is not None
         self.peer.attach(self.raw)
         self._run()

@@ -22,7 +22,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from signaling_client.client import Frame, SignalingClient
+from signaling_client.client import SignalingClient
+from signaling_client.events import Frame
 from yarl import URL
 
 from app.edge.state import METRICS, SERVICE

@@ -168,7 +168,7 @@ async def test_queued_frames_of_every_length_class_arrive_intact_and_in_order(
     assert [len(f) for f in frames] == lengths
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        peer = Peer("r", "p", "c", 1 << 24, RateLimit(0, 1, 0), Outbox())
+        peer = Peer("r", "p", "c", RateLimit(0, 1, 0), 1 << 24, Outbox())
         peer.welcome = b'{"type":"welcome"}'
         for frame in frames:  # all queued before the socket is attached
             peer.send(frame)

@@ -21,7 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from signaling_client.client import Frame, Refused, SignalingClient
+from signaling_client.client import Refused, SignalingClient
+from signaling_client.events import Frame
 
 from tests.support.cluster import unique
 from tests.support.nginx import NginxProcess

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from signaling_client.client import Frame, SignalingClient
+from signaling_client.client import SignalingClient
+from signaling_client.events import Frame
 
 from app.backends.memory import MemoryBackend
 from app.config.settings import Settings
@@ -345,7 +346,7 @@ class Recorder(asyncio.Transport):
 
 async def test_frames_sent_in_the_turn_of_a_close_go_out_before_the_close_frame() -> None:
     """A relay delivered just before a kick (same Redis batch) still reaches the client."""
-    peer = Peer("r", "p", "c", 1 << 20, RateLimit(0, 1, 0), Outbox())
+    peer = Peer("r", "p", "c", RateLimit(0, 1, 0), 1 << 20, Outbox())
     transport = Recorder()
     peer.attach(transport)
     transport.written = b""  # the welcome
@@ -362,7 +363,7 @@ async def test_frames_for_a_socket_closed_before_its_connection_lost_are_not_wri
     """uvloop closes a socket a moment before it reports connection_lost; a flush in
     between must neither raise nor hold up the other peers' frames."""
     outbox = Outbox()
-    gone, other = (Peer("r", p, p, 1 << 20, RateLimit(0, 1, 0), outbox) for p in ("a", "b"))
+    gone, other = (Peer("r", p, p, RateLimit(0, 1, 0), 1 << 20, outbox) for p in ("a", "b"))
     gone_socket, other_socket = Recorder(), Recorder()
     gone.attach(gone_socket)
     other.attach(other_socket)

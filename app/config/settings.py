@@ -21,7 +21,9 @@ from dotenv import load_dotenv
 from app.config.keyfiles import MIN_SECRET_BYTES, load_public_key
 from app.config.networks import parse_networks
 from app.config.redisurl import BadRedisUrl, parse_redis_url
+from app.core.ice import IceServers
 from app.core.ids import ID_PATTERN
+from app.core.rules import RateSpec, Rules
 
 # The original's Next.js dev server, and the demo page that a node on the default port
 # serves itself (app/edge/page.py).
@@ -112,6 +114,17 @@ class Settings:
         """Bytes a peer may send at once: four seconds' worth, and at least one largest
         frame, so a whole SDP always passes when the peer has been quiet."""
         return max(int(4 * self.rate_limit_bytes_per_s), self.max_frame_bytes)
+
+    def rules(self) -> Rules:
+        """What the core enforces, from these settings."""
+        return Rules(
+            room_max_peers=self.room_max_peers, max_rooms_per_node=self.max_rooms_per_node,
+            max_frame_bytes=self.max_frame_bytes, max_json_depth=self.max_json_depth,
+            rate=RateSpec(self.rate_limit_per_s, self.rate_limit_burst, self.rate_limit_strikes,
+                          self.rate_limit_bytes_per_s, self.rate_limit_bytes_burst),
+            ice=IceServers(self.ice_stun_urls, self.turn_urls, self.turn_secret,
+                           self.turn_ttl_seconds),
+        )
 
     def check(self) -> None:
         """Cross-field rules that a single variable cannot express."""

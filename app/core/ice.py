@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from app.config.settings import Settings
-
 
 def turn_credential(secret: str, username: str) -> str:
     """coturn's password for `username`: base64 of HMAC-SHA1 keyed with the shared secret."""
@@ -31,10 +29,6 @@ class IceServers:
     turn_urls: tuple[str, ...] = ()
     turn_secret: str | None = None
     ttl_seconds: int = 86400
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> IceServers:
-        return cls(s.ice_stun_urls, s.turn_urls, s.turn_secret, s.turn_ttl_seconds)
 
     def for_peer(self, peer: str, now: float | None = None) -> list[dict[str, Any]]:
         """`RTCIceServer` dictionaries for one peer, as `new RTCPeerConnection` takes them."""

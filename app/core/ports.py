@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
+
+from app.core.protocol import ErrorCode
 
 T = TypeVar("T")
 
@@ -108,6 +111,39 @@ class Directory(ABC):
     @abstractmethod
     async def nodes(self) -> list[NodeInfo]:
         """Nodes that are alive or still own memberships, with their peer counts."""
+
+
+class Count(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class Meter(Protocol):
+    """What the service counts (`app/obs/metrics.py` implements it for Prometheus)."""
+
+    @property
+    def connections(self) -> Count: ...
+    @property
+    def queue_overflows(self) -> Count: ...
+    @property
+    def rate_limit_closes(self) -> Count: ...
+    @property
+    def kicks(self) -> Count: ...
+
+    def watch(self, peers: Callable[[], float], rooms: Callable[[], float],
+              subscriptions: Callable[[], float], ready: Callable[[], bool]) -> None:
+        """Gauges read when scraped, from the service's own state."""
+
+    def frame(self, kind: str, outcome: str) -> None:
+        """A client frame of type `kind` was handled: `OK` or the error code sent."""
+
+    def error(self, code: ErrorCode) -> None: ...
+    def envelope(self, kind: str) -> None: ...
+    def bad_envelope(self) -> None: ...
+
+    def delivered(self, kind: str, remote: bool, sent: float) -> None:
+        """A relay or chat reached a local peer; `sent` is the sender node's clock."""
+
+    def set_draining(self, draining: bool) -> None: ...
 
 
 class Backend(ABC):

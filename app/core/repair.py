@@ -17,18 +17,14 @@ refresh its liveness key. Either way, once reconnected, before the node says it 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import structlog
 
 from app.core import envelope
 from app.core.closes import CLOSE_REPLACED
-from app.core.ports import BackendUnavailable, Rejoin
-
-if TYPE_CHECKING:
-    from app.core.rooms import LocalRoom
-    from app.core.service import SignalingService
-    from app.edge.peer import Peer
+from app.core.member import Member
+from app.core.ports import Backend, BackendUnavailable, Rejoin
+from app.core.rooms import LocalRoom
 
 log = structlog.get_logger(__name__)
 
@@ -36,8 +32,10 @@ RESYNC_AFTER = 3.0  # longer than the backends' reconnect backoff cap (2 s)
 
 
 class Repair:
-    def __init__(self, service: SignalingService) -> None:
-        self._service = service
+    def __init__(self, rooms: dict[str, LocalRoom], backend: Backend) -> None:
+        self._rooms = rooms  # the service's, shared: what is connected here right now
+        self._backend = backend
+        self._node = backend.node_id
         self._pending_leaves: dict[tuple[str, str], str] = {}  # (room, peer) -> conn
         self._resync: asyncio.Task[None] | None = None
 
@@ -50,8 +48,7 @@ class Repair:
         self._pending_leaves[(room, peer)] = conn
 
     async def run(self) -> None:
-        service = self._service
-        held = [(local, peer) for local in list(service.rooms.values())
+        held = [(local, peer) for local in list(self._rooms.values())
                 for peer in self._connected(local)]
         results = await asyncio.gather(*(self._rejoin(local, peer) for local, peer in held))
         pending, self._pending_leaves = self._pending_leaves, {}
@@ -62,7 +59,7 @@ class Repair:
             self._pending_leaves.update(pending)  # try again on the next recovery
             raise
         connected = {(local.name, peer.id, peer.conn) for local, peer in held}
-        stale = [m for m in await service.backend.memberships() if m not in connected]
+        stale = [m for m in await self._backend.memberships() if m not in connected]
         await asyncio.gather(*(self._leave(room, peer, conn or "gone", announce_absent=True)
                                for room, peer, conn in stale))
         log.info("memberships repaired", kept=results.count(Rejoin.KEPT),
@@ -73,16 +70,16 @@ class Repair:
 
     async def _resync_later(self) -> None:
         await asyncio.sleep(RESYNC_AFTER)
-        rooms = list(self._service.rooms)
+        rooms = list(self._rooms)
         for room in rooms:
             try:
-                await self._service.backend.sync(room)
+                await self._backend.sync(room)
             except BackendUnavailable:
                 return  # lost again: the next recovery schedules another pass
         log.info("rooms re-synchronised", rooms=len(rooms))
 
     @staticmethod
-    def _connected(local: LocalRoom) -> list[Peer]:
+    def _connected(local: LocalRoom) -> list[Member]:
         """Clients whose join completed, active or not: a join envelope lost with the
         connection to Redis would otherwise leave its client connected but deaf."""
         peers = []
@@ -93,10 +90,9 @@ class Repair:
                 peers.append(peer)
         return peers
 
-    async def _rejoin(self, local: LocalRoom, peer: Peer) -> Rejoin:
-        service = self._service
-        joined = envelope.join(service.node_id, peer.id, peer.conn, False)
-        result = await service.backend.rejoin(local.name, peer.id, peer.conn, joined)
+    async def _rejoin(self, local: LocalRoom, peer: Member) -> Rejoin:
+        joined = envelope.join(self._node, peer.id, peer.conn, False)
+        result = await self._backend.rejoin(local.name, peer.id, peer.conn, joined)
         if result is Rejoin.TAKEN and local.active.get(peer.id) is peer:
             del local.active[peer.id]
             peer.replaced = True
@@ -104,6 +100,5 @@ class Repair:
         return result
 
     async def _leave(self, room: str, peer: str, conn: str, announce_absent: bool) -> None:
-        service = self._service
-        left = envelope.leave(service.node_id, peer, conn)
-        await service.backend.leave(room, peer, conn, left, announce_absent=announce_absent)
+        left = envelope.leave(self._node, peer, conn)
+        await self._backend.leave(room, peer, conn, left, announce_absent=announce_absent)

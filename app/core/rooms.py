@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 
 from app.core.closes import CLOSE_REPLACED
 from app.core.envelope import Join
+from app.core.member import Member
 from app.core.notices import Notices
-from app.edge.peer import Peer
 
 
 @dataclass(eq=False)
 class LocalRoom:
     name: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    conns: dict[str, Peer] = field(default_factory=dict)  # every local connection, by conn id
-    active: dict[str, Peer] = field(default_factory=dict)  # receiving frames, by peer id
+    conns: dict[str, Member] = field(default_factory=dict)  # every local connection, by conn id
+    active: dict[str, Member] = field(default_factory=dict)  # receiving frames, by peer id
     subscribed: bool = False
 
     def relay(self, to: str, frame: bytes) -> bool:
@@ -63,6 +63,6 @@ class LocalRoom:
         for target in self.active.values():
             target.hear_leave(peer, notices)
 
-    def remote_peers(self, sender: Peer) -> bool:
+    def remote_peers(self, sender: Member) -> bool:
         """Does `sender` know of peers that are not on this node?"""
         return any(p not in self.active for p in (sender.known or ()))

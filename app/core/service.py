@@ -20,19 +20,17 @@ from typing import Any
 
 import structlog
 
-from app.config.settings import Settings
 from app.core import envelope, protocol
 from app.core.closes import CLOSE_GOING_AWAY, CLOSE_POLICY
 from app.core.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay, Sync
-from app.core.ice import IceServers
 from app.core.ids import new_conn_id
-from app.core.limits import RateLimit, Verdict
-from app.core.ports import Backend, BackendUnavailable
+from app.core.limits import Verdict
+from app.core.member import Member, MemberFactory
+from app.core.ports import Backend, BackendUnavailable, Meter
 from app.core.protocol import OK, PERM_CHAT, ErrorCode, FrameError
 from app.core.repair import Repair
 from app.core.rooms import LocalRoom
-from app.edge.peer import Outbox, Peer
-from app.obs.metrics import NodeMetrics
+from app.core.rules import Rules
 
 log = structlog.get_logger(__name__)
 
@@ -45,23 +43,22 @@ class NodeFull(Exception):
 
 
 class SignalingService:
-    def __init__(self, backend: Backend, settings: Settings,
-                 metrics: NodeMetrics | None = None) -> None:
+    def __init__(self, backend: Backend, rules: Rules, metrics: Meter,
+                 new_member: MemberFactory) -> None:
         self.backend = backend
-        self.settings = settings
+        self.rules = rules
         self.node_id = backend.node_id
         self.rooms: dict[str, LocalRoom] = {}
-        self.metrics = metrics if metrics is not None else NodeMetrics(self.node_id)
+        self.metrics = metrics
+        self._new_member = new_member
         self.metrics.watch(
             peers=lambda: sum(len(local.conns) for local in self.rooms.values()),
             rooms=lambda: len(self.rooms),
             subscriptions=lambda: sum(local.subscribed for local in self.rooms.values()),
             ready=lambda: backend.ready,
         )
-        self.ice = IceServers.from_settings(settings)
         self.draining = False
-        self.outbox = Outbox()
-        self.repair = Repair(self)
+        self.repair = Repair(self.rooms, backend)
         self._no_rooms = asyncio.Event()
         self._no_rooms.set()
 
@@ -71,7 +68,7 @@ class SignalingService:
 
     # -- joining and leaving -------------------------------------------------------------
 
-    async def join(self, room: str, peer_id: str, perms: frozenset[str] | None = None) -> Peer:
+    async def join(self, room: str, peer_id: str, perms: frozenset[str] | None = None) -> Member:
         """Add a peer to the room (before the upgrade, so refusals are plain HTTP).
 
         `perms` None means no token auth: everything is allowed. Raises
@@ -83,7 +80,7 @@ class SignalingService:
             fresh = envelope.join(self.node_id, peer_id, peer.conn, False)
             takeover = envelope.join(self.node_id, peer_id, peer.conn, True)
             others = await self.backend.join(room, peer_id, peer.conn, fresh, takeover,
-                                             limit=self.settings.room_max_peers)
+                                             limit=self.rules.room_max_peers)
         except BaseException:
             if local.active.get(peer_id) is peer:  # its join envelope came back: undo that
                 del local.active[peer_id]
@@ -91,12 +88,12 @@ class SignalingService:
             raise
         peer.learn_snapshot(others)
         peer.welcome = protocol.welcome_frame(room, peer_id, others, self.node_id,
-                                              self.ice.welcome_data(peer_id))
+                                              self.rules.ice.welcome_data(peer_id))
         self.metrics.connections.inc()
         log.debug("peer joined", room=room, peer=peer_id, conn=peer.conn)
         return peer
 
-    async def leave(self, peer: Peer) -> None:
+    async def leave(self, peer: Member) -> None:
         """Remove a peer whose connection is over; announce it unless it was replaced."""
         local = self.rooms.get(peer.room)
         if local is None:
@@ -114,7 +111,7 @@ class SignalingService:
             await self._drop_local(local, peer)
         log.debug("peer left", room=peer.room, peer=peer.id, conn=peer.conn)
 
-    async def _announce_leave(self, local: LocalRoom, peer: Peer) -> None:
+    async def _announce_leave(self, local: LocalRoom, peer: Member) -> None:
         left = envelope.leave(self.node_id, peer.id, peer.conn)
         try:
             if not self.backend.ready:
@@ -125,14 +122,14 @@ class SignalingService:
             local.left(peer.id)
             self.repair.leave_later(peer.room, peer.id, peer.conn)
 
-    async def _release(self, peer: Peer) -> None:
+    async def _release(self, peer: Member) -> None:
         """A replaced connection owns no membership, so its leave publishes nothing; it
         lets a backend drop what it files per node (a cluster's node index entry)."""
         left = envelope.leave(self.node_id, peer.id, peer.conn)
         with contextlib.suppress(BackendUnavailable):
             await self.backend.leave(peer.room, peer.id, peer.conn, left)
 
-    async def _add_local(self, room: str, peer_id: str) -> tuple[LocalRoom, Peer]:
+    async def _add_local(self, room: str, peer_id: str) -> tuple[LocalRoom, Member]:
         """Register a connection, subscribing first if it is the room's first here."""
         while True:
             local = self.rooms.get(room) or self._new_room(room)
@@ -150,7 +147,7 @@ class SignalingService:
                 local.conns[peer.conn] = peer
                 return local, peer
 
-    async def _drop_local(self, local: LocalRoom, peer: Peer) -> None:
+    async def _drop_local(self, local: LocalRoom, peer: Member) -> None:
         """Unregister a connection; unsubscribe if it was the room's last here."""
         async with local.lock:
             local.conns.pop(peer.conn, None)
@@ -162,7 +159,7 @@ class SignalingService:
             self._forget_if_empty(local)
 
     def _new_room(self, room: str) -> LocalRoom:
-        limit = self.settings.max_rooms_per_node
+        limit = self.rules.max_rooms_per_node
         if limit and len(self.rooms) >= limit:
             raise NodeFull(f"this node already hosts {limit} rooms")
         local = self.rooms[room] = LocalRoom(room)
@@ -175,13 +172,10 @@ class SignalingService:
             if not self.rooms:
                 self._no_rooms.set()
 
-    def _new_peer(self, room: str, peer_id: str) -> Peer:
-        s = self.settings
-        rate = RateLimit(s.rate_limit_per_s, s.rate_limit_burst, s.rate_limit_strikes,
-                         s.rate_limit_bytes_per_s, s.rate_limit_bytes_burst)
-        return Peer(room, peer_id, new_conn_id(), s.send_queue_bytes, rate, self.outbox)
+    def _new_peer(self, room: str, peer_id: str) -> Member:
+        return self._new_member(room, peer_id, new_conn_id(), self.rules.rate.new())
 
-    def peers(self) -> list[Peer]:
+    def peers(self) -> list[Member]:
         return [peer for local in self.rooms.values() for peer in local.conns.values()]
 
     async def kick(self, room: str, peer: str | None, code: int, reason: str) -> None:
@@ -221,15 +215,15 @@ class SignalingService:
 
     # -- frames from clients ---------------------------------------------------------------
 
-    async def handle_text(self, peer: Peer, text: str) -> None:
+    async def handle_text(self, peer: Member, text: str) -> None:
         """One text frame from `peer`: answer it, or hand it to the backend in order."""
         if not self._within_rate(peer, len(text)):
             return None
-        limit = self.settings.max_frame_bytes
+        limit = self.rules.max_frame_bytes
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
             return self._refuse(peer, ErrorCode.TOO_LARGE, f"frame exceeds {limit} bytes")
         try:
-            msg = protocol.parse_frame(text, self.settings.max_json_depth)
+            msg = protocol.parse_frame(text, self.rules.max_json_depth)
         except FrameError as exc:
             return self._refuse(peer, exc.code, exc.message)
         if msg.type in protocol.RELAY_TYPES:
@@ -247,17 +241,17 @@ class SignalingService:
             self._refuse(peer, ErrorCode.UNKNOWN_TYPE, f"unknown type {msg.type[:64]!r}",
                          "other")
 
-    def handle_binary(self, peer: Peer) -> None:
+    def handle_binary(self, peer: Member) -> None:
         if self._within_rate(peer):
             self._refuse(peer, ErrorCode.BAD_MESSAGE,
                          "binary frames are not accepted; send JSON text", "binary")
 
-    def handle_control(self, peer: Peer) -> bool:
+    def handle_control(self, peer: Member) -> bool:
         """A ping or pong from the client counts like any frame (no answer when refused:
         control frames get none); True if it may be answered."""
         return self._within_rate(peer, 0, answer=False)
 
-    def _within_rate(self, peer: Peer, size: int = 0, answer: bool = True) -> bool:
+    def _within_rate(self, peer: Member, size: int = 0, answer: bool = True) -> bool:
         """Every frame counts, bad ones and control frames too, and so do its bytes; past
         RATE_LIMIT_STRIKES the peer is closed."""
         verdict = peer.rate.check(size)
@@ -273,7 +267,7 @@ class SignalingService:
                          "too many frames or bytes per second, slow down")
         return False
 
-    async def _relay(self, peer: Peer, kind: str, to: str, data: Any) -> None:
+    async def _relay(self, peer: Member, kind: str, to: str, data: Any) -> None:
         """`to` must be a peer the sender was told of (its welcome, then `new-peer` and
         `peer-left`, in channel order), or itself: that answers `peer-not-found` without a
         round trip to Redis, and the relay is one PUBLISH. A peer that has just left and
@@ -290,7 +284,7 @@ class SignalingService:
         env = envelope.relay(self.node_id, to, frame)
         await self._submit(peer, kind, self.backend.publish(peer.room, env))
 
-    async def _chat(self, peer: Peer, frame: bytes) -> None:
+    async def _chat(self, peer: Member, frame: bytes) -> None:
         if not self.backend.ready:
             local = self.rooms.get(peer.room)
             if local is not None:
@@ -303,7 +297,7 @@ class SignalingService:
         await self._submit(peer, "chat", self.backend.publish(peer.room, envelope.chat(
             self.node_id, frame)))
 
-    async def _submit(self, peer: Peer, kind: str, call: Awaitable[asyncio.Future[Any]]
+    async def _submit(self, peer: Member, kind: str, call: Awaitable[asyncio.Future[Any]]
                       ) -> None:
         """Await the backend's queueing, then report the outcome to the sender later."""
         try:
@@ -313,7 +307,7 @@ class SignalingService:
                                 kind)
         future.add_done_callback(lambda f: self._report(peer, kind, f))
 
-    def _report(self, peer: Peer, kind: str, future: asyncio.Future[Any]) -> None:
+    def _report(self, peer: Member, kind: str, future: asyncio.Future[Any]) -> None:
         if future.cancelled():
             return
         if future.exception() is not None:
@@ -321,7 +315,7 @@ class SignalingService:
         else:
             self.metrics.frame(kind, OK)
 
-    def _refuse(self, peer: Peer, code: ErrorCode, message: str, kind: str = "invalid") -> None:
+    def _refuse(self, peer: Member, code: ErrorCode, message: str, kind: str = "invalid") -> None:
         """Answer a frame with an error; `kind` is its type for metrics (invalid: unknown)."""
         self.metrics.frame(kind, code)
         self.metrics.error(code)

@@ -1,4 +1,4 @@
-"""One connected client: its identity, what it was told, and its outgoing frames.
+"""A member's connection: its outgoing WebSocket frames, queued, coalesced and bounded.
 
 Frames reach a peer from the backend's reader, which must never wait for a client. So
 `send` only queues; at the end of the event-loop turn (`Outbox`) each peer with queued
@@ -22,7 +22,7 @@ import structlog
 
 from app.core.closes import CLOSE_POLICY
 from app.core.limits import RateLimit
-from app.core.notices import Notices
+from app.core.member import Member, MemberFactory
 from app.edge.wsframe import close_frame, text_frame
 
 log = structlog.get_logger(__name__)
@@ -63,27 +63,17 @@ class Outbox:
                 log.exception("writing to a peer failed", room=peer.room, peer=peer.id)
 
 
-class Peer:
+class Peer(Member):
+    """A member whose frames go to a WebSocket on a raw transport (`app/edge/connection.py`)."""
+
     __slots__ = (
-        "_backlog", "_bytes", "_closing", "_cutoff", "_judge", "_limit", "_outbox", "_paused",
-        "_queue", "_timer", "_transport", "conn", "id", "known", "overflowed", "perms", "rate",
-        "replaced", "room", "welcome",
+        "_bytes", "_closing", "_cutoff", "_judge", "_limit", "_outbox", "_paused", "_queue",
+        "_timer", "_transport",
     )
 
-    def __init__(self, room: str, peer_id: str, conn: str, queue_limit: int,
-                 rate: RateLimit, outbox: Outbox) -> None:
-        self.room = room
-        self.id = peer_id
-        self.conn = conn
-        self.rate = rate
-        self.perms: frozenset[str] | None = None  # None: no token auth, all allowed
-        self.welcome: bytes = b""
-        self.replaced = False  # closed because a newer connection took this peer id
-        # Peers this client has been told are present (welcome, then new-peer/peer-left).
-        # None until the join's snapshot is known; announcements wait in the backlog.
-        self.known: set[str] | None = None
-        self._backlog: list[tuple[str, bool, Notices]] | None = None
-        self.overflowed = False  # closed because its send queue overflowed (metrics)
+    def __init__(self, room: str, peer_id: str, conn: str, rate: RateLimit,
+                 queue_limit: int, outbox: Outbox) -> None:
+        super().__init__(room, peer_id, conn, rate)
         self._transport: asyncio.Transport | None = None
         self._paused = False  # the transport's buffer is above its high-water mark
         self._queue: deque[bytes] | None = None  # created when first needed
@@ -128,52 +118,6 @@ class Peer:
                     queued_bytes=self._bytes, why=why)
         self.overflowed = True
         self.close(CLOSE_POLICY, "send queue full")
-
-    def hear_join(self, peer: str, takeover: bool, notices: Notices) -> None:
-        """Announce `peer` unless this client already knows it (then only a takeover shows)."""
-        if peer == self.id:
-            return
-        if self.known is None:
-            self._backlog = self._backlog or []
-            self._backlog.append((peer, takeover, notices))
-        elif peer not in self.known:
-            self.known.add(peer)
-            self.send(notices.joined)
-        elif takeover:
-            self.send(notices.left)
-            self.send(notices.joined)
-
-    def hear_leave(self, peer: str, notices: Notices) -> None:
-        """Announce that `peer` left, if this client believes it present (so, once)."""
-        if peer == self.id:
-            return
-        if self.known is None:
-            self._backlog = self._backlog or []
-            self._backlog.append((peer, False, notices))
-        elif peer in self.known:
-            self.known.discard(peer)
-            self.send(notices.left)
-
-    def resync(self, members: tuple[str, ...], room: str) -> None:
-        """Align with the room's true membership: announce what this client missed."""
-        if self.known is None:
-            return
-        present = set(members)
-        present.discard(self.id)
-        for peer in sorted(self.known - present):
-            self.hear_leave(peer, Notices(room, peer, left_event=True))
-        for peer in sorted(present - self.known):
-            self.hear_join(peer, False, Notices(room, peer, left_event=False))
-
-    def learn_snapshot(self, peers: list[str]) -> None:
-        """The membership at this peer's own join; replay what was announced meanwhile."""
-        self.known = set(peers)
-        backlog, self._backlog = self._backlog or [], None
-        for peer, takeover, notices in backlog:
-            if notices.left_event:
-                self.hear_leave(peer, notices)
-            else:
-                self.hear_join(peer, takeover, notices)
 
     def attach(self, transport: asyncio.Transport) -> None:
         """Start writing to the upgraded socket: the welcome, then what arrived since."""
@@ -252,3 +196,19 @@ class Peer:
             return
         transport.write(close_frame(code, reason))
         self._cutoff = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+
+
+def peer_factory(queue_limit: int) -> MemberFactory:
+    """How the service makes members on this node: WebSocket peers sharing one Outbox."""
+    outbox = Outbox()
+
+    def new(room: str, peer_id: str, conn: str, rate: RateLimit) -> Member:
+        return Peer(room, peer_id, conn, rate, queue_limit, outbox)
+    return new
+
+
+def as_peer(member: Member) -> Peer:
+    """The service hands back the members `peer_factory` made: on this node, Peers."""
+    if not isinstance(member, Peer):
+        raise TypeError(f"not a WebSocket peer: {member!r}")
+    return member

@@ -21,7 +21,7 @@ from app.core.service import NodeFull, SignalingService
 from app.edge import wsframe
 from app.edge.admission import Refusal, Ticket
 from app.edge.connection import Connection
-from app.edge.peer import Peer
+from app.edge.peer import Peer, as_peer
 from app.edge.state import GATE, METRICS, SERVICE, SETTINGS, SOCKETS
 
 log = structlog.get_logger(__name__)
@@ -54,7 +54,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 async def join(service: SignalingService, ticket: Ticket) -> Peer:
     try:
-        return await service.join(ticket.room, ticket.peer, ticket.perms)
+        return as_peer(await service.join(ticket.room, ticket.peer, ticket.perms))
     except RoomFull:
         raise Refusal(409, "room-full", f"room {ticket.room!r} is full") from None
     except NodeFull as exc:

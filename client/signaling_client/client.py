@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
 
-from signaling_client.events import Event, Welcome, to_event
+from signaling_client.events import Event, Frame, Welcome, to_event
 
 
 class Closed(Exception):
@@ -40,22 +39,6 @@ class Refused(Exception):
     def __init__(self, status: int, message: str = "") -> None:
         super().__init__(f"upgrade refused with HTTP {status} {message}".strip())
         self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    type: str
-    room: str | None
-    sender: str | None
-    to: str | None
-    data: Any
-    raw: dict[str, Any] = field(repr=False)
-
-    @classmethod
-    def parse(cls, text: str | bytes) -> Frame:
-        obj = orjson.loads(text)
-        return cls(obj.get("type", ""), obj.get("room"), obj.get("from"), obj.get("to"),
-                   obj.get("data"), obj)
 
 
 class SendHelpers:

@@ -12,10 +12,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from signaling_client.client import Frame
+import orjson
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: str
+    room: str | None
+    sender: str | None
+    to: str | None
+    data: Any
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> Frame:
+        obj = orjson.loads(text)
+        return cls(obj.get("type", ""), obj.get("room"), obj.get("from"), obj.get("to"),
+                   obj.get("data"), obj)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
-from signaling_client.client import Closed, Frame, Refused, SignalingClient
+from signaling_client.client import Closed, Refused, SignalingClient
+from signaling_client.events import Frame
 
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade",
            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
