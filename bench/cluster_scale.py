@@ -32,8 +32,9 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.procs import NodeProcess, RedisServer, wait_until
+from tests.support.procs import NodeProcess, RedisServer
 from tests.support.redis_setups import ClusterServers, info
+from tests.support.wait import wait_until
 
 
 @dataclass

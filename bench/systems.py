@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.procs import NodeProcess, RedisServer, wait_until
+from tests.support.procs import NodeProcess, RedisServer
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "bench" / ".peers"

@@ -23,8 +23,9 @@ from tests.support.cluster import (
     node_settings,
     unique,
 )
-from tests.support.procs import NodeProcess, RedisServer, wait_until
+from tests.support.procs import NodeProcess, RedisServer
 from tests.support.redis_setups import ClusterServers
+from tests.support.wait import wait_until
 
 IN_PROCESS = ("memory", "fakeredis", "redis")
 _SESSION: dict[str, Any] = {}

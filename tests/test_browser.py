@@ -22,8 +22,9 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from tests.support.browser import CHROMIUM_FLAGS, chromium_binary
 from tests.support.cluster import unique
 from tests.support.nginx import NginxProcess
-from tests.support.procs import ROOT, NodeProcess, RedisServer, wait_until
+from tests.support.procs import ROOT, NodeProcess, RedisServer
 from tests.support.tokens import SECRET, mint
+from tests.support.wait import ready_status, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +103,7 @@ def site(whole_site: Site) -> Iterator[Site]:
     fresh nginx, which forgets the failed tries of a moment ago."""
     yield whole_site
     stopped = [n for n in whole_site.nodes if n.proc is None or n.proc.poll() is not None
-               or not answers(n)]
+               or ready_status(n.url) != 200]
     for node in stopped:
         node.stop()  # a draining node finishes first
         node.start()
@@ -111,11 +112,6 @@ def site(whole_site: Site) -> Iterator[Site]:
         whole_site.nginx.start()
 
 
-def answers(node: NodeProcess) -> bool:
-    try:
-        return node.is_ready()
-    except RuntimeError:  # it exited
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ from app.node import create_app
 from tests.conftest import StartServer
 from tests.support.cluster import unique
 from tests.support.peers import barrier, summary
-from tests.support.procs import NodeProcess, RedisServer, free_port, wait_until
+from tests.support.procs import NodeProcess, RedisServer, free_port
+from tests.support.wait import ready_status, wait_until
 
 FAST = Backoff(first=0.05, cap=0.5)
 
@@ -83,17 +84,12 @@ def nodes(node_pair: list[NodeProcess]) -> Iterator[list[NodeProcess]]:
         wait_until(node.is_ready, 15, f"node {node.url}")
     yield node_pair
     for node in node_pair:
-        if node.proc is not None and node.proc.poll() is None and answers(node):
+        if node.proc is not None and node.proc.poll() is None and ready_status(node.url) == 200:
             continue
         node.stop()  # waits for a draining node to finish
         node.start()
 
 
-def answers(node: NodeProcess) -> bool:
-    try:
-        return node.is_ready()
-    except RuntimeError:  # exited
-        return False
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from signaling_client.client import SignalingClient
 
-from tests.support.procs import ROOT, free_port, wait_until
+from tests.support.procs import ROOT, free_port
+from tests.support.wait import wait_until
 from tests.test_launcher import Output
 
 pytestmark = pytest.mark.integration

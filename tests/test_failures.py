@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import pytest
 from signaling_client.client import Closed, Refused, SignalingClient
 
@@ -20,6 +19,7 @@ from tests.support.cluster import node_settings
 from tests.support.peers import barrier, close_all, summary
 from tests.support.procs import NodeProcess, RedisServer
 from tests.support.topology import ProcessCluster
+from tests.support.wait import wait_ready
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ async def test_redis_restarted_empty_nodes_repair_membership(cluster: ProcessClu
     await barrier(solo)
     cluster.redis.kill()
     down = time.monotonic()
-    await wait_all(cluster, ready=False, within=1.5)
+    await wait_ready(cluster.urls(), ready=False, within=1.5)
     print(f"redis killed to /ready 503 on every node: {time.monotonic() - down:.2f}s")
     # alone, a node still serves rooms that live on it; cross-node frames are refused
     await solo[0].ice("s1", {"alone": True})
@@ -99,7 +99,7 @@ async def test_redis_restarted_empty_nodes_repair_membership(cluster: ProcessClu
     await c.close()  # leaves during the outage: must be announced once Redis is back
     cluster.redis.restart()
     back = time.monotonic()
-    await wait_all(cluster, ready=True, within=5)
+    await wait_ready(cluster.urls(), within=5)
     print(f"redis back to every node ready: {time.monotonic() - back:.2f}s")
     await a.ice("p1", {"across": "again"})
     # the leave during the outage is announced within 5 s of Redis returning, exactly once
@@ -134,7 +134,7 @@ async def test_sigterm_drains_without_losing_traffic_between_other_nodes(
         sent_at = time.monotonic()
         # "at once": the signal is handled on the node's next loop turn; a request already
         # in flight may be answered first. Readiness must be 503 within a few milliseconds.
-        await wait_ready_status(draining.url, 503, within=0.25)
+        await wait_ready([draining.url], ready=False, within=0.25)
         with pytest.raises(Refused) as refused:
             await SignalingClient.connect(draining.url, "steady", "newcomer")
         assert refused.value.status == 503
@@ -156,16 +156,6 @@ async def test_sigterm_drains_without_losing_traffic_between_other_nodes(
             await client.close()
     finally:
         draining.kill()
-
-
-async def wait_ready_status(url: str, status: int, within: float) -> None:
-    """Poll /ready until it answers `status` (a node has no event to await from outside)."""
-    async with asyncio.timeout(within), aiohttp.ClientSession() as http:
-        while True:
-            async with http.get(f"{url}/ready") as r:
-                if r.status == status:
-                    return
-            await asyncio.sleep(0.02)
 
 
 async def send_steadily(client: SignalingClient, to: str, count: int) -> int:
@@ -274,12 +264,6 @@ def rss_kib(node: NodeProcess) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def wait_all(c: ProcessCluster, ready: bool, within: float) -> None:
-    """Every node's /ready says 200 (`ready`) or 503, all within `within` seconds."""
-    async with asyncio.timeout(within):
-        for url in c.urls():
-            await wait_ready_status(url, 200 if ready else 503, within)
-
 
 
 async def test_a_reconnect_attempt_that_raises_runtimeerror_is_retried(
@@ -291,7 +275,7 @@ async def test_a_reconnect_attempt_that_raises_runtimeerror_is_retried(
     try:
         server = await start_server(create_app(node_settings(0, redis_url=redis.url)))
         url = str(server.make_url("")).rstrip("/")
-        await wait_ready_status(url, 200, 5)
+        await wait_ready([url], within=5)
         failed: list[int] = []
         load_all = scripts.load_all
 
@@ -304,9 +288,9 @@ async def test_a_reconnect_attempt_that_raises_runtimeerror_is_retried(
 
         monkeypatch.setattr(scripts, "load_all", flaky_load_all)
         redis.kill()
-        await wait_ready_status(url, 503, 5)
+        await wait_ready([url], ready=False, within=5)
         redis.start()
-        await wait_ready_status(url, 200, 10)
+        await wait_ready([url], within=10)
         assert failed == [1]
         alice = await SignalingClient.connect(url, "room", "alice")
         await alice.ping()

@@ -22,7 +22,8 @@ from signaling_client.client import SignalingClient
 import deploy.local
 from deploy.children import LaunchError
 from tests.support.peers import barrier
-from tests.support.procs import ROOT, free_port, wait_until
+from tests.support.procs import ROOT, free_port
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -60,3 +60,12 @@ def test_breaking_a_rule_fails_the_check(tmp_path: Path, module: str, line: str,
     assert result.returncode != 0, result.stdout
     broken = [ln for ln in result.stdout.splitlines() if ln.endswith("BROKEN")]
     assert any(contract in ln for ln in broken), result.stdout
+
+
+def test_no_module_is_named_like_a_standard_library_module() -> None:
+    """`app/inspect.py` once shadowed `inspect` for tools run from app/; none may again."""
+    roots = [ROOT / "app", ROOT / "workers", ROOT / "client" / "signaling_client"]
+    clashes = sorted(str(p.relative_to(ROOT)) for root in roots for p in root.rglob("*")
+                     if (p.suffix == ".py" or p.is_dir() and (p / "__init__.py").exists())
+                     and p.stem in sys.stdlib_module_names)
+    assert clashes == []

@@ -25,11 +25,11 @@ from app.backends.cluster.steps import Steps
 from app.backends.rediswire.clients import close_client, plain_client
 from app.backends.rediswire.keys import Keys
 from tests.support.cluster import unique
-from tests.support.failover import all_ready, close_all, exchange, pairs_in
+from tests.support.failover import close_all, exchange, pairs_in
 from tests.support.peers import barrier, summary
-from tests.support.procs import ROOT, NodeProcess, wait_until
+from tests.support.procs import ROOT, NodeProcess
 from tests.support.redis_setups import ClusterServers, cli, info
-from tests.support.wait import eventually
+from tests.support.wait import eventually, wait_ready, wait_until
 from tests.test_inspect import inspect
 from workers.reaper import Reaper
 
@@ -232,7 +232,7 @@ async def test_a_moved_slot_is_followed_and_signaling_resumes(
     # the old master pushes `sunsubscribe`; each node resubscribes on the new one
     await eventually(lambda: subscribed_on(target, keys.room_channel(room), 2), 10,
                      "both nodes to subscribe on the new master")
-    await all_ready(nodes, 10)
+    await wait_ready(n.url for n in nodes)
     print(f"slot moved to both nodes listening on the new master: "
           f"{time.monotonic() - started:.2f}s")
     assert cli(source, "PUBSUB", "SHARDNUMSUB", keys.room_channel(room)).split()[1] == "0"
@@ -268,7 +268,7 @@ async def test_killing_a_master_fails_over_and_signaling_resumes(
         return sorted(listed) == sorted(rooms) and [a.strip() for a in alive] == ["1", "1"]
 
     await eventually(repaired, 20, "every membership and the room list to be re-created")
-    await all_ready(nodes, 10)
+    await wait_ready(n.url for n in nodes)
     for clients, tag in zip(groups, ("r0", "r1", "r2"), strict=True):
         await exchange(clients, tag)  # every room, on the promoted master and the others
     print(f"master killed: replica promoted after {promoted:.2f}s, membership repaired and "

@@ -12,9 +12,10 @@ from signaling_client.client import Refused, SignalingClient
 
 from tests.support.cluster import Cluster, NodeFactory, ServerFactory, in_process, unique
 from tests.support.nginx import NginxProcess
-from tests.support.peers import barrier, close_all, connect, eventually, refusal, until_closed
-from tests.support.procs import NodeProcess, wait_until
+from tests.support.peers import barrier, close_all, connect, refusal, until_closed
+from tests.support.procs import NodeProcess
 from tests.support.tokens import SECRET, mint
+from tests.support.wait import retried, wait_until
 
 # -- limits ------------------------------------------------------------------------------
 
@@ -75,7 +76,7 @@ async def test_connections_per_client_address_are_capped_with_429(
     line = 'signaling_upgrades_refused_total{code="too-many-connections"}'
     assert await metric(http, url, line) == 2
     await a.close()
-    c = await eventually(lambda: connect(url, "room", "c"))
+    c = await retried(Refused, lambda: connect(url, "room", "c"))
     await close_all(b, c)
 
 
@@ -122,7 +123,7 @@ async def test_room_capacity_holds_across_nodes(capped: Cluster, http: aiohttp.C
     b2 = await connect(capped.urls[0], room, "b")  # a peer id reconnecting is let in
     assert (await until_closed(b))[1] == 4001
     await a.close()
-    d = await eventually(lambda: connect(capped.urls[1], room, "d"))
+    d = await retried(Refused, lambda: connect(capped.urls[1], room, "d"))
     assert sorted(d.peers) == ["b", "c"]
     await close_all(b, b2, c, d)
 
@@ -149,7 +150,7 @@ async def test_rooms_per_node_cap_answers_503_node_full(
     assert (status, body["error"]["code"]) == (503, "node-full")
     a2 = await connect(url, "r1", "a2")  # rooms already hosted stay open
     await close_all(a, a2)
-    c = await eventually(lambda: connect(url, "r3", "c"))
+    c = await retried(Refused, lambda: connect(url, "r3", "c"))
     await close_all(b, c)
 
 

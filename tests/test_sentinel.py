@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 from signaling_client.client import SignalingClient
 
-from tests.support.failover import all_ready, close_all, exchange, pairs_in
+from tests.support.failover import close_all, exchange, pairs_in
 from tests.support.peers import barrier, summary
-from tests.support.procs import NodeProcess, wait_until
+from tests.support.procs import NodeProcess
 from tests.support.redis_setups import SentinelServers, cli
-from tests.support.wait import eventually
+from tests.support.wait import eventually, wait_ready, wait_until
 
 PREFIX = "sen:"
 
@@ -61,7 +61,7 @@ async def test_nodes_follow_a_master_failover_and_repair_membership(
         return alive and peers == [["p0", "p1"]] * 3
 
     await eventually(repaired, 20, "the nodes to re-create their memberships on the new master")
-    await all_ready(nodes, 10)
+    await wait_ready(n.url for n in nodes)
     print(f"master killed: sentinels promoted the replica after {promoted:.2f}s, "
           f"membership repaired and nodes ready after {time.monotonic() - killed:.2f}s")
     for client in groups[2]:  # first and only news: the leave made during the outage

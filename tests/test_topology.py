@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from signaling_client.events import Frame
 from tests.support.cluster import unique
 from tests.support.nginx import NginxProcess
 from tests.support.peers import barrier
-from tests.support.procs import ROOT, NodeProcess, RedisServer, free_port, wait_until
+from tests.support.procs import ROOT, NodeProcess, RedisServer, free_port
+from tests.support.wait import ready_status, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def topo(topology: Topology, redis_server: RedisServer) -> Iterator[Topology]:
     """The module's topology, made whole again after a test that stopped a node."""
     yield topology
     dead = [n for n in topology.nodes if n.proc is None or n.proc.poll() is not None
-            or not answers(n)]
+            or ready_status(n.url) != 200]
     if not dead:
         return
     for node in dead:
@@ -93,13 +93,6 @@ def topo(topology: Topology, redis_server: RedisServer) -> Iterator[Topology]:
     topology.nginx.start()
 
 
-def answers(node: NodeProcess) -> bool:
-    """The node's /ready says 200 (False when it refuses, drains or is gone)."""
-    try:
-        with urllib.request.urlopen(f"{node.url}/ready", timeout=0.5) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
 
 
 async def join_rooms(url: str, rooms: list[str], per_room: int,
@@ -193,7 +186,8 @@ async def test_while_a_node_stops_every_new_connection_through_nginx_succeeds_el
         before = await join_rooms(topo.url, [unique("room")], 6, session)
         assert topo.node_id(victim) in {c.node for c in next(iter(before.values()))}
         victim.signal(sig)
-        await asyncio.to_thread(wait_until, lambda: not answers(victim), 10, "victim down")
+        await asyncio.to_thread(wait_until, lambda: ready_status(victim.url) != 200, 10,
+                                "victim down")
         # A burst of new peers, all at once: nginx retries whatever reaches the victim.
         room = unique("room")
         clients = await asyncio.gather(*(

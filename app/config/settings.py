@@ -14,7 +14,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from dotenv import load_dotenv
 
@@ -102,8 +102,33 @@ class Settings:
             node_ttl_seconds=r.number("NODE_TTL_SECONDS", 4.0, lo=1.0),
             ws_heartbeat_seconds=r.number("WS_HEARTBEAT_SECONDS", 20.0, lo=0.0),
             drain_seconds=r.number("DRAIN_SECONDS", 5.0, lo=0.0),
-            **_security(r),
-            **_operations(r),
+            # security controls (limits, client addresses, token auth)
+            rate_limit_strikes=r.integer("RATE_LIMIT_STRIKES", 100, lo=0),
+            rate_limit_bytes_per_s=r.number("RATE_LIMIT_BYTES_PER_S", 262144.0, lo=0.0),
+            request_timeout_s=r.number("REQUEST_TIMEOUT_S", 10.0, lo=0.1),
+            max_json_depth=r.integer("MAX_JSON_DEPTH", 32, lo=2, hi=1000),
+            max_conns_per_ip=r.integer("MAX_CONNS_PER_IP", 100, lo=0),
+            trusted_proxies=r.items("TRUSTED_PROXIES", ""),
+            room_max_peers=r.integer("ROOM_MAX_PEERS", 100, lo=0),
+            max_rooms_per_node=r.integer("MAX_ROOMS_PER_NODE", 10000, lo=0),
+            auth_secret=r.text("AUTH_SECRET", ""),
+            auth_public_key=r.public_key("AUTH_PUBLIC_KEY", "AUTH_PUBLIC_KEY_FILE"),
+            # operations features (admin API, ICE servers, webhooks)
+            admin_token=r.text("ADMIN_TOKEN", "") or None,
+            ice_stun_urls=r.items("ICE_STUN_URLS", ""),
+            turn_urls=r.items("TURN_URLS", ""),
+            turn_secret=r.text("TURN_SECRET", "") or None,
+            turn_ttl_seconds=r.integer("TURN_TTL_SECONDS", 86400, lo=60),
+            webhook_events=r.flag("WEBHOOK_EVENTS", False),
+            webhook_stream_maxlen=r.integer("WEBHOOK_STREAM_MAXLEN", 100_000, lo=100),
+            webhook_url=r.text("WEBHOOK_URL", "") or None,
+            webhook_secret=r.text("WEBHOOK_SECRET", "") or None,
+            webhook_max_attempts=r.integer("WEBHOOK_MAX_ATTEMPTS", 8, lo=1),
+            webhook_timeout_seconds=r.number("WEBHOOK_TIMEOUT_SECONDS", 5.0, lo=0.1),
+            webhook_backoff_seconds=r.number("WEBHOOK_BACKOFF_SECONDS", 1.0, lo=0.0),
+            webhook_backoff_max_seconds=r.number("WEBHOOK_BACKOFF_MAX_SECONDS", 60.0, lo=0.0),
+            webhook_consumer=r.text("WEBHOOK_CONSUMER", ""),
+            webhook_claim_idle_seconds=r.number("WEBHOOK_CLAIM_IDLE_SECONDS", 300.0, lo=0.1),
             event_loop=r.choice("EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
         )
         settings.check()
@@ -143,22 +168,6 @@ class Settings:
         _check_operations(self)
 
 
-def _security(r: EnvReader) -> dict[str, Any]:
-    """Settings of the security controls (limits, client addresses, token auth)."""
-    return {
-        "rate_limit_strikes": r.integer("RATE_LIMIT_STRIKES", 100, lo=0),
-        "rate_limit_bytes_per_s": r.number("RATE_LIMIT_BYTES_PER_S", 262144.0, lo=0.0),
-        "request_timeout_s": r.number("REQUEST_TIMEOUT_S", 10.0, lo=0.1),
-        "max_json_depth": r.integer("MAX_JSON_DEPTH", 32, lo=2, hi=1000),
-        "max_conns_per_ip": r.integer("MAX_CONNS_PER_IP", 100, lo=0),
-        "trusted_proxies": r.items("TRUSTED_PROXIES", ""),
-        "room_max_peers": r.integer("ROOM_MAX_PEERS", 100, lo=0),
-        "max_rooms_per_node": r.integer("MAX_ROOMS_PER_NODE", 10000, lo=0),
-        "auth_secret": r.text("AUTH_SECRET", ""),
-        "auth_public_key": r.public_key("AUTH_PUBLIC_KEY", "AUTH_PUBLIC_KEY_FILE"),
-    }
-
-
 def _check_security(s: Settings) -> None:
     try:
         parse_networks(s.trusted_proxies)
@@ -173,27 +182,6 @@ def _check_security(s: Settings) -> None:
             load_public_key(s.auth_public_key)
         except ValueError as exc:
             raise ConfigError(f"AUTH_PUBLIC_KEY: {exc}") from None
-
-
-def _operations(r: EnvReader) -> dict[str, Any]:
-    """Settings of the operations features (admin API, ICE servers, webhooks)."""
-    return {
-        "admin_token": r.text("ADMIN_TOKEN", "") or None,
-        "ice_stun_urls": r.items("ICE_STUN_URLS", ""),
-        "turn_urls": r.items("TURN_URLS", ""),
-        "turn_secret": r.text("TURN_SECRET", "") or None,
-        "turn_ttl_seconds": r.integer("TURN_TTL_SECONDS", 86400, lo=60),
-        "webhook_events": r.flag("WEBHOOK_EVENTS", False),
-        "webhook_stream_maxlen": r.integer("WEBHOOK_STREAM_MAXLEN", 100_000, lo=100),
-        "webhook_url": r.text("WEBHOOK_URL", "") or None,
-        "webhook_secret": r.text("WEBHOOK_SECRET", "") or None,
-        "webhook_max_attempts": r.integer("WEBHOOK_MAX_ATTEMPTS", 8, lo=1),
-        "webhook_timeout_seconds": r.number("WEBHOOK_TIMEOUT_SECONDS", 5.0, lo=0.1),
-        "webhook_backoff_seconds": r.number("WEBHOOK_BACKOFF_SECONDS", 1.0, lo=0.0),
-        "webhook_backoff_max_seconds": r.number("WEBHOOK_BACKOFF_MAX_SECONDS", 60.0, lo=0.0),
-        "webhook_consumer": r.text("WEBHOOK_CONSUMER", ""),
-        "webhook_claim_idle_seconds": r.number("WEBHOOK_CLAIM_IDLE_SECONDS", 300.0, lo=0.1),
-    }
 
 
 MIN_ADMIN_TOKEN_CHARS = 32

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     type: str

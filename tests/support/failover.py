@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import aiohttp
 from signaling_client.client import SignalingClient
 
 from tests.support import peers
 from tests.support.peers import barrier, summary
 from tests.support.procs import NodeProcess
-from tests.support.wait import eventually
-
-
-async def all_ready(nodes: list[NodeProcess], timeout: float) -> None:
-    """Poll /ready on every node (a node has no event to await from outside)."""
-    async def ready() -> bool:
-        async with aiohttp.ClientSession() as http:
-            for node in nodes:
-                async with http.get(f"{node.url}/ready") as r:
-                    if r.status != 200:
-                        return False
-        return True
-
-    await eventually(ready, timeout, "every node to be ready")
 
 
 async def pairs_in(nodes: list[NodeProcess], rooms: list[str]) -> list[list[SignalingClient]]:

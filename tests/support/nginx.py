@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from deploy.nginx_conf import LocalNginx, render
-from tests.support.procs import free_port, wait_until
+from tests.support.procs import free_port
+from tests.support.wait import wait_until
 
 
 def nginx_binary() -> str:

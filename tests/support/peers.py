@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-from signaling_client.client import Closed, Refused, SignalingClient
+from signaling_client.client import Closed, SignalingClient
 from signaling_client.events import Frame
 
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade",
@@ -55,21 +55,6 @@ async def connect(url: str, room: str, peer: str | None, **kw: Any) -> Signaling
 async def close_all(*clients: SignalingClient) -> None:
     for client in clients:
         await client.close()
-
-
-async def eventually(attempt: Callable[[], Awaitable[SignalingClient]],
-                     timeout: float = 5) -> SignalingClient:
-    """Retry a refused connect until the node has released what a closed peer held.
-
-    The node's handler finishes a little after the client's close returns, and nothing
-    tells the client when, so this polls (briefly) instead of awaiting an event.
-    """
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                return await attempt()
-            except Refused:
-                await asyncio.sleep(0.02)
 
 
 async def until_closed(client: SignalingClient, timeout: float = 5) -> tuple[list[Frame], int]:

@@ -9,10 +9,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.wait import ready_status, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,16 +35,6 @@ def terminate(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def wait_until(check: object, timeout: float, what: str) -> None:
-    """Poll a cheap condition (process start-up); fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -127,11 +117,7 @@ class NodeProcess:
     def is_ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.logs()}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/ready", timeout=0.5) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        return ready_status(self.url) == 200
 
     def logs(self) -> str:
         return self.log_path.read_text() if self.log_path else ""

@@ -16,7 +16,8 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from tests.support.procs import free_port, terminate, wait_until
+from tests.support.procs import free_port, terminate
+from tests.support.wait import wait_until
 
 BASE = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no",
         "--loglevel", "warning"]

@@ -7,7 +7,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.procs import NodeProcess, RedisServer, wait_until
+from tests.support.procs import NodeProcess, RedisServer
+from tests.support.wait import wait_until
 
 
 @dataclass
