@@ -22,10 +22,15 @@ VENV = Path(sys.prefix)
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of what `scripts/install` reads, and a virtualenv that already has uv."""
+    """A copy of what `scripts/install` reads (the client's project file too), and a
+    virtualenv that already has uv."""
     for name in ("pyproject.toml", "uv.lock", "README.md"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
+    # The lock covers the workspace: the client library's project file is part of it.
+    (tmp_path / "client").mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / "client" / name, tmp_path / "client" / name)
     return tmp_path
 
 
