@@ -128,8 +128,7 @@ async def cluster(request: pytest.FixtureRequest, start_server: StartServer
         url = request.getfixturevalue("redis_server").url if kind == "redis" else None
         c = await in_process(kind, 2, start_server, url)
     yield c
-    if c.redis is not None:
-        await c.redis.aclose()
+    await c.close()
 
 
 @pytest.fixture

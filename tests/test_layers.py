@@ -66,6 +66,6 @@ def test_no_module_is_named_like_a_standard_library_module() -> None:
     """`app/inspect.py` once shadowed `inspect` for tools run from app/; none may again."""
     roots = [ROOT / "app", ROOT / "workers", ROOT / "client" / "signaling_client"]
     clashes = sorted(str(p.relative_to(ROOT)) for root in roots for p in root.rglob("*")
-                     if (p.suffix == ".py" or p.is_dir() and (p / "__init__.py").exists())
+                     if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))
                      and p.stem in sys.stdlib_module_names)
     assert clashes == []

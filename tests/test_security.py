@@ -107,8 +107,7 @@ async def capped(request: pytest.FixtureRequest, start_server: ServerFactory
     url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
     c = await in_process(request.param, 2, start_server, url, room_max_peers=3)
     yield c
-    if c.redis is not None:
-        await c.redis.aclose()
+    await c.close()
 
 
 async def test_room_capacity_holds_across_nodes(capped: Cluster, http: aiohttp.ClientSession

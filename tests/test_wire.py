@@ -34,8 +34,7 @@ async def lost() -> list[str]:
 @pytest.fixture
 async def wire(server: RedisServer, lost: list[str]) -> AsyncIterator[RedisWire]:
     client = client_from_url(server.url.replace("/0", "/3"))
-    w = RedisWire.for_client(client, lost.append)
-    assert w is not None
+    w = RedisWire(client, lost.append)
     await w.connect()
     w.open()
     task = asyncio.create_task(w.run())

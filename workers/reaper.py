@@ -36,8 +36,8 @@ from app.backends.cluster import scripts as cluster_scripts
 from app.backends.cluster.steps import Steps
 from app.backends.rediswire import scripts
 from app.backends.rediswire.clients import AnyRedis, close_client, plain_client
+from app.backends.rediswire.connect import LOST
 from app.backends.rediswire.keys import Keys
-from app.backends.rediswire.pipe import LOST
 from app.config.redisurl import BadRedisUrl, parse_redis_url
 from app.config.settings import ConfigError, EnvReader, settings_or_exit
 from app.core import envelope

@@ -23,8 +23,6 @@ from redis.asyncio import Redis
 from app.backends.rediswire import scripts
 from app.backends.rediswire.clients import client_from_url, close_client
 from app.backends.rediswire.keys import Keys
-from app.backends.rediswire.pipe import OrderedPipe
-from app.backends.rediswire.pubsub_protocol import subscriber_for
 from app.backends.rediswire.subscriber import Subscriber
 from app.backends.rediswire.supervisor import FAILURES, SupervisedBackend
 from app.backends.rediswire.wire import RedisWire
@@ -43,11 +41,7 @@ class RedisBackend(SupervisedBackend):
         self._client = client
         self._events_maxlen = events_maxlen  # 0: append no room events (nobody consumes them)
         on_error = lambda: self.observer.backend_error("command")  # noqa: E731
-        # The pipelined wire for plain TCP and Unix sockets (much less CPU per frame,
-        # bench/PROFILE.md); redis-py pipelines for TLS, Sentinel and fakeredis.
-        self._pipe: RedisWire | OrderedPipe = (
-            RedisWire.for_client(client, self._signal_lost, on_error)
-            or OrderedPipe(client, self._signal_lost, on_error=on_error))
+        self._pipe = RedisWire(client, self._signal_lost, on_error)
         self._subscriber: Subscriber | None = None
 
     async def start(self, events: BackendEvents) -> None:
@@ -61,21 +55,19 @@ class RedisBackend(SupervisedBackend):
         if all(reader.done() for reader in self._readers):
             if self._subscriber is not None:
                 await self._subscriber.close()
-            subscriber = subscriber_for(self._client.connection_pool, self._on_message)
+            subscriber = Subscriber(self._client.connection_pool, self._on_message)
             await subscriber.connect()
             self._subscriber = subscriber
             self._read(subscriber, "redis-subscriber")
             await subscriber.subscribe(list(self._channels))
-        if isinstance(self._pipe, RedisWire):
-            await self._pipe.connect()
+        await self._pipe.connect()
         self._pipe.open()
 
     def _drop(self, reason: str) -> None:
         self._pipe.close(reason)
 
     async def _close(self) -> None:
-        if isinstance(self._pipe, RedisWire):
-            await self._pipe.aclose()
+        await self._pipe.aclose()
         if self._subscriber is not None:
             await self._subscriber.close()
         with contextlib.suppress(*FAILURES):

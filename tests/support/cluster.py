@@ -1,7 +1,7 @@
 """Two or more signaling nodes behind one backend, in whichever form a test asks for.
 
 - memory: in-process nodes sharing one `MemoryHub`;
-- fakeredis: in-process nodes on the Redis backend sharing one fakeredis `FakeServer`;
+- fakeredis: in-process nodes on the Redis backend, on fakeredis's TCP server (`TcpFakeServer`);
 - redis: in-process nodes on a real redis-server (started by the tests);
 - processes: `python -m app` processes on a real redis-server;
 - rediscluster: `python -m app` processes on a real Redis Cluster of 3 masters.
@@ -12,6 +12,7 @@ suite runs unchanged against all four.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,13 @@ class Cluster:
     redis: Redis | RedisCluster | None = None
     hub: MemoryHub | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stops: list[Callable[[], None]] = field(default_factory=list)  # servers the form started
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        for stop in self.stops:
+            stop()
 
     async def node_peers(self, node: str) -> set[str]:
         """The `room/peer` memberships the backend files under `node`."""
@@ -94,28 +102,21 @@ async def in_process(kind: str, n: int, start: ServerFactory, redis_url: str | N
     prefix = f"t{uuid.uuid4().hex[:8]}:"
     keys = Keys(prefix)
     hub: MemoryHub | None = None
-    redis: Redis | None = None
+    redis: Redis | RedisCluster | None = None
     factory: Callable[[Settings], Backend]
+    stops: list[Callable[[], None]] = []
     if kind == "memory":
         shared = hub = MemoryHub()
 
         def factory(s: Settings) -> Backend:
             return MemoryBackend(s.node_id, shared)
-    elif kind == "fakeredis":
-        import fakeredis
-        from fakeredis import aioredis
-
-        from app.backends.single import RedisBackend
-
-        fake = fakeredis.FakeServer()
-        redis = aioredis.FakeRedis(server=fake)
-
-        def factory(s: Settings) -> Backend:
-            return RedisBackend(aioredis.FakeRedis(server=fake), s.node_id, keys)
-    elif kind == "redis":  # any REDIS_URL form: one Redis, Sentinel, a Redis Cluster
+    elif kind in ("fakeredis", "redis"):  # any REDIS_URL form: one Redis, Sentinel, a Cluster
         from app.backends import create_backend
         from app.backends.rediswire.clients import plain_client
 
+        if kind == "fakeredis":  # fakeredis's engine behind a socket: the node's own wire
+            redis_url, stop = fake_redis_server()
+            stops.append(stop)
         assert redis_url is not None
         redis = plain_client(redis_url)
         factory = create_backend
@@ -129,7 +130,22 @@ async def in_process(kind: str, n: int, start: ServerFactory, redis_url: str | N
         urls.append(str(server.make_url("")).rstrip("/"))
         apps.append(app)
     return Cluster(kind, urls, keys, redis=redis, hub=hub,
-                   extra={"apps": apps, "url": redis_url})
+                   extra={"apps": apps, "url": redis_url}, stops=stops)
+
+
+def fake_redis_server() -> tuple[str, Callable[[], None]]:
+    """fakeredis's TCP server on a free port, in a thread: its URL, and how to stop it."""
+    import fakeredis
+
+    server = fakeredis.TcpFakeServer(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    return f"redis://127.0.0.1:{server.server_address[1]}/0", stop
 
 
 async def publish_raw(c: Cluster, room: str, payload: bytes) -> None:

@@ -56,7 +56,7 @@ class ClusterBackend(SupervisedBackend):
         await self._shards.refresh()
         await self._beat(claim=True)
         await self._shards.resubscribe(list(self._channels))
-        self._shards.open_pipes()
+        await self._shards.open_pipes()
 
     def _drop(self, reason: str) -> None:
         self._shards.close_pipes(reason)

@@ -25,9 +25,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from app.backends.cluster import scripts as cluster_scripts
-from app.backends.rediswire.pipe import OrderedPipe
-from app.backends.rediswire.pubsub_protocol import subscriber_for
 from app.backends.rediswire.subscriber import MessageHandler, Subscriber
+from app.backends.rediswire.wire import RedisWire
 from app.core.ports import BackendUnavailable
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
@@ -37,7 +36,7 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
 class Shard:
     name: str  # host:port of the master
     client: Redis
-    pipe: OrderedPipe
+    pipe: RedisWire
     runner: asyncio.Task[None]
     subscriber: Subscriber | None = None
     reader: asyncio.Task[None] | None = None
@@ -89,12 +88,11 @@ class ShardSet:
     def _open(self, name: str, host: str, port: int) -> Shard:
         h = self._hooks
         client = h.client(host, port)
-        pipe = OrderedPipe(client, h.on_lost, on_error=h.on_error,
-                           reload=cluster_scripts.load_all)
+        pipe = RedisWire(client, h.on_lost, on_error=h.on_error, reload=cluster_scripts.load_all)
         return Shard(name, client, pipe, h.spawn(pipe.run(), f"redis-pipe {name}"))
 
     async def _retire(self, shard: Shard) -> None:
-        shard.pipe.close("no longer a master")
+        await shard.pipe.aclose()
         for task in (shard.runner, shard.reader):
             if task is not None:
                 task.cancel()
@@ -110,8 +108,10 @@ class ShardSet:
             raise BackendUnavailable(f"no master known for the slot of {raw!r}")
         return shard
 
-    def open_pipes(self) -> None:
+    async def open_pipes(self) -> None:
+        """Connect each master's wire (unless it is up) and let commands in."""
         for shard in self._shards.values():
+            await shard.pipe.connect()
             shard.pipe.open()
 
     def close_pipes(self, reason: str) -> None:
@@ -151,8 +151,8 @@ class ShardSet:
                 await shard.subscriber.unsubscribe(channel)
 
     async def _listen(self, shard: Shard) -> None:
-        subscriber = subscriber_for(shard.client.connection_pool, self._hooks.on_message,
-                                    sharded=True)
+        subscriber = Subscriber(shard.client.connection_pool, self._hooks.on_message,
+                                sharded=True)
         try:
             await subscriber.connect()
         except OSError as exc:  # redis-py's ConnectionError is an OSError too

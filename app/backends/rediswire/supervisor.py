@@ -29,9 +29,9 @@ import structlog
 from redis.exceptions import RedisClusterException, RedisError
 
 from app.backends.rediswire.clients import AnyRedis
+from app.backends.rediswire.connect import LOST
 from app.backends.rediswire.directory import RedisDirectory
 from app.backends.rediswire.keys import Keys
-from app.backends.rediswire.pipe import LOST
 from app.backends.rediswire.subscriber import Subscriber
 from app.core.ports import Backend, BackendEvents, BackendUnavailable
 

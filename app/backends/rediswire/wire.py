@@ -1,18 +1,20 @@
-"""The ordered publishing path without redis-py's per-call machinery: a pipelined wire.
+"""One ordered path for every command that publishes: a pipelined wire.
 
-Same contract as `OrderedPipe` (`submit` returns a future for the reply; commands reach
-Redis in submission order on one connection, so per-sender FIFO holds; while closed it
-refuses at once), but built on an `asyncio.Protocol` with hiredis: commands submitted
-during one event-loop turn leave in one write, replies are matched to futures in order as
-they arrive, and several batches may be in flight at once. No task, timer or pool
-checkout per command, which is where the node's CPU per relayed frame went
+A pool of connections would reorder a sender's frames (two commands on two connections
+race inside Redis). Here commands reach Redis in submission order on one connection, so
+per-sender FIFO holds: `submit` returns a future for the reply, commands submitted during
+one event-loop turn leave in one write, replies are matched to futures in order as they
+arrive (hiredis parses), and several batches may be in flight at once. No task, timer or
+pool checkout per command, which is where the node's CPU per relayed frame went
 (bench/PROFILE.md).
 
-The backend's supervisor owns reconnection: `connect` (re)opens the socket, `open` lets
-commands in, `close` drops everything in flight, and `run` reports a lost or stalled
-connection through `on_lost`. It speaks plain TCP and Unix sockets (with AUTH and SELECT
-from the URL); `for_client` returns None for anything else (TLS, Sentinel, fakeredis)
-and the backend keeps `OrderedPipe`.
+While Redis is unreachable the wire is closed: `submit` fails at once instead of
+queueing, so an outage of any length costs no memory. The backend's supervisor owns
+reconnection: `connect` (re)opens the socket (`connect.py`: every REDIS_URL form),
+`open` lets commands in, `close` drops everything in flight, and `run` reports a lost or
+stalled connection through `on_lost`. In a Redis Cluster each master has its own wire; a
+reply saying the slot lives elsewhere (MOVED, ASK, ...) counts as a loss, so the backend
+reconnects with the new slot map instead of sending a room's commands down two paths.
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import hiredis
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 from app.backends.rediswire import scripts
+from app.backends.rediswire.connect import elsewhere, handshake, open_connection
 from app.core.ports import BackendUnavailable
 
 log = structlog.get_logger(__name__)
@@ -70,9 +72,10 @@ class _Protocol(asyncio.Protocol):
 
 class RedisWire:
     def __init__(self, client: Redis, on_lost: Callable[[str], None],
-                 on_error: Callable[[], None] = lambda: None, timeout: float = 2.0) -> None:
-        self._client = client
-        self._kwargs = client.connection_pool.connection_kwargs
+                 on_error: Callable[[], None] = lambda: None, timeout: float = 2.0,
+                 reload: Callable[[Redis], Awaitable[None]] = scripts.load_all) -> None:
+        self._client = client  # where the address, credentials and scripts come from
+        self._reload = reload  # loads the Lua scripts this wire's commands use
         self._on_lost = on_lost
         self._on_error = on_error  # counts failed commands (metrics)
         self._timeout = timeout
@@ -86,14 +89,6 @@ class RedisWire:
         self._connected = asyncio.Event()
         self.writable = asyncio.Event()
         self.writable.set()
-
-    @classmethod
-    def for_client(cls, client: Redis, on_lost: Callable[[str], None],
-                   on_error: Callable[[], None] = lambda: None) -> RedisWire | None:
-        kind = client.connection_pool.connection_class
-        if kind not in (Connection, UnixDomainSocketConnection):
-            return None
-        return cls(client, on_lost, on_error)
 
     def open(self) -> None:
         self._open = True
@@ -142,6 +137,8 @@ class RedisWire:
             if str(reply).startswith("NOSCRIPT"):
                 self._retry_after_reload(args, future)
                 return
+            if elsewhere(str(reply)):
+                self._on_lost(f"cluster slot is elsewhere: {reply}")
             self._on_error()
             log.error("redis command failed", command=str(args[0]), error=str(reply))
             reply = BackendUnavailable(f"redis: {reply}")
@@ -158,7 +155,7 @@ class RedisWire:
 
         async def retry() -> None:
             try:
-                await scripts.load_all(self._client)
+                await self._reload(self._client)
                 again = await self.submit(*args)
                 future.set_result(await again)
             except Exception as exc:
@@ -183,33 +180,18 @@ class RedisWire:
         if self._proto is not None and not self._proto.lost.done():
             return
         proto = _Protocol(self)
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._timeout):
-            if "path" in self._kwargs:
-                await loop.create_unix_connection(lambda: proto, self._kwargs["path"])
-            else:
-                await loop.create_connection(lambda: proto, self._kwargs.get("host", "localhost"),
-                                             self._kwargs.get("port", 6379))
+            await open_connection(self._client.connection_pool, proto)
         self._proto = proto
         self.writable.set()
         try:
             async with asyncio.timeout(self._timeout):
-                for command in self._handshake():
+                for command in handshake(self._client.connection_pool):
                     await self._send(command)
         except BaseException:
             self._drop(BackendUnavailable("redis handshake failed"))
             raise
         self._connected.set()
-
-    def _handshake(self) -> list[tuple[Any, ...]]:
-        kw = self._kwargs
-        hello: list[tuple[Any, ...]] = []
-        if kw.get("password"):
-            user = kw.get("username")
-            hello.append(("AUTH", user, kw["password"]) if user else ("AUTH", kw["password"]))
-        if kw.get("db"):
-            hello.append(("SELECT", kw["db"]))
-        return hello
 
     async def run(self) -> None:
         """Watch each connection; a loss or stall of its own goes to `on_lost`."""
