@@ -4,11 +4,11 @@ One Redis, or the master that Sentinel names (`redis+sentinel://`, see `app/conf
 after a failover the connections break, the supervisor (`supervisor.py`) reconnects to the
 new master and the node repairs memberships as after any outage. On top of the shared
 lifecycle this backend has:
-- the ordered pipe: every command that publishes (see `pipe.py`);
+- the ordered wire: every command that publishes (see `wire.py`);
 - the subscriber: one pub/sub connection for all rooms this node hosts;
 - Lua scripts that change a membership, the node index, `sig:rooms` and the events stream
   and publish, in one atomic step (`scripts.py`).
-A Redis Cluster is `cluster.py`.
+A Redis Cluster is `cluster/backend.py`.
 """
 
 from __future__ import annotations

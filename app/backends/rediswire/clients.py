@@ -1,10 +1,11 @@
 """redis-py clients for each `REDIS_URL` form (see `app/config/redisurl.py`).
 
 Two kinds of client:
-- ordered: what a node publishes through (`pipe.py`). It never retries by itself: a blind
-  retry after a lost reply could publish twice. One Redis, or the master that Sentinel
-  names (a connection looks the master up again each time it connects, so after a
-  failover the node's reconnects land on the new master);
+- ordered: where a node's wire and pub/sub connection (`wire.py`, `subscriber.py`) read
+  their server's address and credentials, and the scripts are loaded. It never retries
+  by itself: a blind retry after a lost reply could publish twice. One Redis, or the
+  master that Sentinel names (looked up again at each connect, so after a failover the
+  node's reconnects land on the new master);
 - plain: for reads, the heartbeat, workers and tools. For a cluster this is redis-py's
   `RedisCluster`, which routes each command to the master of its key's slot and follows
   MOVED (but does not retry a lost reply: the reaper writes through it); SCAN runs on
