@@ -9,7 +9,7 @@ from app.backends.rediswire.keys import Keys
 from app.backends.single import client_from_url
 from app.core import envelope
 from tests.support.procs import RedisServer
-from workers.reaper import Reaper
+from workers.reaper import reaper_for
 
 
 async def test_reaper_leaves_a_node_alone_once_its_liveness_key_is_back(
@@ -24,7 +24,7 @@ async def test_reaper_leaves_a_node_alone_once_its_liveness_key_is_back(
                              keys.rooms, keys.node_peers("n1"), keys.events, "r", "p", "n1/c1",
                              keys.room_channel("r"), joined, joined, 0,
                              *keys.node_peers_parts(), 0)
-        reaper = Reaper(client, keys)
+        reaper = reaper_for(client, keys)
         await client.set(keys.node("n1"), b"{}")  # the node is (back) alive: hands off
         assert await reaper.reap("n1") == 0
         assert await client.smembers(keys.room_peers("r")) == {b"p"}

@@ -31,7 +31,7 @@ from tests.support.procs import ROOT, NodeProcess
 from tests.support.redis_setups import ClusterServers, cli, info
 from tests.support.wait import eventually, wait_ready, wait_until
 from tests.test_inspect import inspect
-from workers.reaper import Reaper
+from workers.reaper import reaper_for
 
 
 def room_on(servers: ClusterServers, keys: Keys, master: int, name: str = "room") -> str:
@@ -171,7 +171,7 @@ async def test_reaper_finishes_what_a_node_left_half_done(redis_cluster: Cluster
     assert isinstance(client, RedisCluster)
     try:
         steps = Steps(client.execute_command, keys)
-        reaper = Reaper(client, keys)
+        reaper = reaper_for(client, keys)
         await reaper.load_scripts()
         rooms = {name: unique(name) for name in ("before", "after", "left", "taken")}
         for room in rooms.values():

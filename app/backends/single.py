@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from app.backends.rediswire import scripts
 from app.backends.rediswire.clients import client_from_url, close_client
 from app.backends.rediswire.keys import Keys
+from app.backends.rediswire.reaping import AtomicReaper
 from app.backends.rediswire.subscriber import Subscriber
 from app.backends.rediswire.supervisor import FAILURES, SupervisedBackend
 from app.backends.rediswire.wire import RedisWire
@@ -37,7 +38,8 @@ __all__ = ["RedisBackend", "client_from_url"]
 class RedisBackend(SupervisedBackend):
     def __init__(self, client: Redis, node_id: str, keys: Keys, node_ttl: float = 4.0,
                  events_maxlen: int = 0) -> None:
-        super().__init__(client, node_id, keys, node_ttl)
+        super().__init__(client, node_id, keys, node_ttl,
+                         AtomicReaper(client, keys, events_maxlen))
         self._client = client
         self._events_maxlen = events_maxlen  # 0: append no room events (nobody consumes them)
         on_error = lambda: self.observer.backend_error("command")  # noqa: E731

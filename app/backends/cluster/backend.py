@@ -26,6 +26,7 @@ import structlog
 from redis.asyncio.cluster import RedisCluster
 
 from app.backends.cluster import scripts as cluster_scripts
+from app.backends.cluster.reaping import StepsReaper
 from app.backends.cluster.shards import ShardHooks, ShardSet
 from app.backends.cluster.steps import Steps, routing_key
 from app.backends.rediswire.clients import shard_client
@@ -41,7 +42,8 @@ log = structlog.get_logger(__name__)
 class ClusterBackend(SupervisedBackend):
     def __init__(self, cluster: RedisCluster, target: RedisTarget, node_id: str, keys: Keys,
                  node_ttl: float = 4.0, events_maxlen: int = 0) -> None:
-        super().__init__(cluster, node_id, keys, node_ttl)
+        super().__init__(cluster, node_id, keys, node_ttl,
+                         StepsReaper(cluster, keys, events_maxlen))
         self._cluster = cluster
         self._shards = ShardSet(cluster, ShardHooks(
             client=lambda host, port: shard_client(host, port, target), spawn=self._spawn,

@@ -32,6 +32,7 @@ from app.backends.rediswire.clients import AnyRedis
 from app.backends.rediswire.connect import LOST
 from app.backends.rediswire.directory import RedisDirectory
 from app.backends.rediswire.keys import Keys
+from app.backends.rediswire.reaping import Reaper
 from app.backends.rediswire.subscriber import Subscriber
 from app.core.ports import Backend, BackendEvents, BackendUnavailable
 
@@ -43,13 +44,17 @@ FAILURES = (RedisError, RedisClusterException, BackendUnavailable, *LOST)
 
 
 class SupervisedBackend(Backend):
-    def __init__(self, plain: AnyRedis, node_id: str, keys: Keys, node_ttl: float) -> None:
+    def __init__(self, plain: AnyRedis, node_id: str, keys: Keys, node_ttl: float,
+                 reaper: Reaper) -> None:
         self.node_id = node_id
         self.keys = keys
         self.directory = RedisDirectory(plain, keys)
         self._plain = plain  # reads and the heartbeat: routed by key, retries are harmless
         self._node_ttl = node_ttl
         self._beat_every = min(1.0, node_ttl / 3)
+        # Dead nodes are found within NODE_TTL (their key expires) plus one sweep.
+        self._sweep_every = node_ttl / 2
+        self._reaper = reaper
         self._channels: dict[bytes, str] = {}
         self._events: BackendEvents | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,6 +89,7 @@ class SupervisedBackend(Backend):
             self._lost.set()
         self._spawn(self._heartbeat(), "redis-heartbeat")
         self._spawn(self._supervise(), "redis-supervisor")
+        self._spawn(self._sweep(), "redis-sweeper")
 
     async def stop(self) -> None:
         self._up = False
@@ -179,6 +185,18 @@ class SupervisedBackend(Backend):
                 continue
             if not kept:  # expired (this node was reaped) or Redis restarted empty
                 self._signal_lost("liveness key was gone", broken=False)
+
+    async def _sweep(self) -> None:
+        """Reap dead nodes, as `workers.reaper` would: every node does, so a cluster needs
+        no extra process; the scripts make sure each lost peer is announced once."""
+        while True:
+            await asyncio.sleep(self._sweep_every * random.uniform(0.8, 1.2))
+            if not self._up:
+                continue
+            try:
+                await self._reaper.sweep(skip=self.node_id)
+            except FAILURES as exc:
+                log.warning("sweep for dead nodes failed", error=repr(exc))
 
     async def _beat(self, claim: bool) -> bool:
         """Refresh the liveness key; without `claim`, only if it still exists."""
