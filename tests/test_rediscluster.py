@@ -113,17 +113,20 @@ async def test_inspector_reads_rooms_and_nodes_on_every_master_and_watches_a_roo
     await close_all(groups)
 
 
+@pytest.mark.parametrize("with_reaper", [False, True], ids=["nodes-alone", "with-reaper"])
 async def test_a_killed_node_is_reaped_on_every_master_with_its_room_events(
-    redis_cluster: ClusterServers, cluster_processes: list[NodeProcess]
+    redis_cluster: ClusterServers, cluster_processes: list[NodeProcess], with_reaper: bool
 ) -> None:
+    """Without `workers.reaper` the surviving nodes sweep the dead one themselves."""
     prefix = f"kill{time.monotonic_ns() % 10**6}:"
     keys = Keys(prefix)
     env = {"REDIS_URL": redis_cluster.url, "KEY_PREFIX": prefix, "WEBHOOK_EVENTS": "1"}
     nodes = [NodeProcess({**env, "NODE_ID": f"keep{i}"}) for i in range(2)]
     doomed = NodeProcess({**env, "NODE_ID": "doomed"})
     reaper = NodeProcess(env, argv=[sys.executable, "-m", "workers.reaper"])
+    extra = [reaper] if with_reaper else []
     try:
-        for proc in (*nodes, doomed, reaper):
+        for proc in (*nodes, doomed, *extra):
             proc.start(wait_ready=False)
         for node in (*nodes, doomed):
             wait_until(node.is_ready, 15, f"node {node.url}")
@@ -145,7 +148,7 @@ async def test_a_killed_node_is_reaped_on_every_master_with_its_room_events(
             await close_client(client)
         await close_all(groups)
     finally:
-        for proc in (*nodes, doomed, reaper):
+        for proc in (*nodes, doomed, *extra):
             proc.close()
 
 
