@@ -51,6 +51,25 @@ class Repair:
         held = [(local, peer) for local in list(self._rooms.values())
                 for peer in self._connected(local)]
         results = await asyncio.gather(*(self._rejoin(local, peer) for local, peer in held))
+        announced = await self._flush_leaves()
+        connected = {(local.name, peer.id, peer.conn) for local, peer in held}
+        stale = [m for m in await self._backend.memberships() if m not in connected]
+        await asyncio.gather(*(self._leave(room, peer, conn or "gone", announce_absent=True)
+                               for room, peer, conn in stale))
+        # A client that went while this ran was held above, so its rejoin may have put its
+        # membership back after its leave was deferred: announce those leaves now, until
+        # none is left. No await follows the last check before the node says it is ready,
+        # so from then on leaves go to the backend directly.
+        while self._pending_leaves:
+            announced += await self._flush_leaves()
+        log.info("memberships repaired", kept=results.count(Rejoin.KEPT),
+                 added=results.count(Rejoin.ADDED), taken=results.count(Rejoin.TAKEN),
+                 announced_leaves=announced, stale=len(stale))
+        self.close()
+        self._resync = asyncio.create_task(self._resync_later(), name="resync")
+
+    async def _flush_leaves(self) -> int:
+        """Announce the leaves deferred so far; kept for the next recovery if Redis fails."""
         pending, self._pending_leaves = self._pending_leaves, {}
         try:
             await asyncio.gather(*(self._leave(room, peer, conn, announce_absent=True)
@@ -58,15 +77,7 @@ class Repair:
         except BaseException:
             self._pending_leaves.update(pending)  # try again on the next recovery
             raise
-        connected = {(local.name, peer.id, peer.conn) for local, peer in held}
-        stale = [m for m in await self._backend.memberships() if m not in connected]
-        await asyncio.gather(*(self._leave(room, peer, conn or "gone", announce_absent=True)
-                               for room, peer, conn in stale))
-        log.info("memberships repaired", kept=results.count(Rejoin.KEPT),
-                 added=results.count(Rejoin.ADDED), taken=results.count(Rejoin.TAKEN),
-                 announced_leaves=len(pending), stale=len(stale))
-        self.close()
-        self._resync = asyncio.create_task(self._resync_later(), name="resync")
+        return len(pending)
 
     async def _resync_later(self) -> None:
         await asyncio.sleep(RESYNC_AFTER)
@@ -91,6 +102,8 @@ class Repair:
         return peers
 
     async def _rejoin(self, local: LocalRoom, peer: Member) -> Rejoin:
+        if local.conns.get(peer.conn) is not peer:
+            return Rejoin.KEPT  # it went while the repair ran: its deferred leave follows
         joined = envelope.join(self._node, peer.id, peer.conn, False)
         result = await self._backend.rejoin(local.name, peer.id, peer.conn, joined)
         if result is Rejoin.TAKEN and local.active.get(peer.id) is peer:

@@ -45,10 +45,14 @@ class LocalRoom:
             del self.active[env.peer]
             old.replaced = True
             old.close(CLOSE_REPLACED, "replaced by a newer connection")
+        joiner = self.conns.get(env.conn) if env.node == node_id else None
+        if env.node == node_id and joiner is None:
+            # This node's connection ended before its join came back (a repair's rejoin,
+            # or a join whose client went at once): its leave follows; locals hear neither.
+            return
         notices = Notices(self.name, env.peer, left_event=False)
         for target in self.active.values():
             target.hear_join(env.peer, env.takeover, notices)
-        joiner = self.conns.get(env.conn) if env.node == node_id else None
         if joiner is not None and not joiner.closing and env.peer not in self.active:
             self.active[env.peer] = joiner
 

@@ -61,6 +61,7 @@ class SupervisedBackend(Backend):
         self._readers: set[asyncio.Task[None]] = set()
         self._up = False
         self._lost = asyncio.Event()
+        self._losses = 0  # losses signalled so far: tells a reader's late end from a new one
         self._started = time.time()
 
     @abstractmethod
@@ -123,15 +124,22 @@ class SupervisedBackend(Backend):
     def _read(self, subscriber: Subscriber, name: str) -> asyncio.Task[None]:
         """Run a pub/sub reader; its end (other than cancellation) is a loss."""
         task = asyncio.create_task(subscriber.run(), name=name)
-        task.add_done_callback(self._reader_done)
+        losses = self._losses
+        task.add_done_callback(lambda t: self._reader_done(t, losses))
         self._readers.add(task)
         return task
 
-    def _reader_done(self, task: asyncio.Task[None]) -> None:
+    def _reader_done(self, task: asyncio.Task[None], losses: int) -> None:
         self._readers.discard(task)
-        if not task.cancelled():
-            self.observer.backend_error("pubsub")
-            self._signal_lost(f"pub/sub connection: {task.exception()!r}")
+        if task.cancelled():
+            return
+        self.observer.backend_error("pubsub")
+        if losses != self._losses:
+            # Its connection ended with a loss already signalled (the reader only noticed
+            # later): that loss is being repaired, and a second signal would make the
+            # supervisor repair everything twice.
+            return
+        self._signal_lost(f"pub/sub connection: {task.exception()!r}")
 
     # -- loss and recovery -----------------------------------------------------------------
 
@@ -142,6 +150,7 @@ class SupervisedBackend(Backend):
             self._up = False
             if self._events is not None:
                 self._events.on_lost()
+        self._losses += 1
         self._drop(reason)
         if broken:
             for reader in list(self._readers):
