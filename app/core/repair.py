@@ -64,7 +64,7 @@ class Repair:
             announced += await self._flush_leaves()
         log.info("memberships repaired", kept=results.count(Rejoin.KEPT),
                  added=results.count(Rejoin.ADDED), taken=results.count(Rejoin.TAKEN),
-                 announced_leaves=announced, stale=len(stale))
+                 gone=results.count(None), announced_leaves=announced, stale=len(stale))
         self.close()
         self._resync = asyncio.create_task(self._resync_later(), name="resync")
 
@@ -101,9 +101,11 @@ class Repair:
                 peers.append(peer)
         return peers
 
-    async def _rejoin(self, local: LocalRoom, peer: Member) -> Rejoin:
+    async def _rejoin(self, local: LocalRoom, peer: Member) -> Rejoin | None:
+        """Re-create `peer`'s membership; None if its connection ended while the repair
+        ran (not re-created: its deferred leave follows)."""
         if local.conns.get(peer.conn) is not peer:
-            return Rejoin.KEPT  # it went while the repair ran: its deferred leave follows
+            return None
         joined = envelope.join(self._node, peer.id, peer.conn, False)
         result = await self._backend.rejoin(local.name, peer.id, peer.conn, joined)
         if result is Rejoin.TAKEN and local.active.get(peer.id) is peer:

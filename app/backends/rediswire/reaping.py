@@ -19,6 +19,7 @@ import re
 from abc import ABC, abstractmethod
 
 import structlog
+from redis.asyncio import Redis
 
 from app.backends.rediswire import scripts
 from app.backends.rediswire.clients import AnyRedis
@@ -75,8 +76,12 @@ class Reaper(ABC):
 class AtomicReaper(Reaper):
     """One Redis: the LEAVE script removes, unlists, unindexes and announces at once."""
 
+    def __init__(self, client: Redis, keys: Keys, events_maxlen: int = 0) -> None:
+        super().__init__(client, keys, events_maxlen)
+        self._redis = client
+
     async def load_scripts(self) -> None:
-        await scripts.load_all(self._client)  # type: ignore[arg-type]
+        await scripts.load_all(self._redis)
 
     async def _reap(self, node: str, pairs: list[tuple[str, str]], owners: list[str]) -> int:
         k = self._keys
