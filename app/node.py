@@ -67,6 +67,7 @@ def create_app(
         yield
         await sockets.close()
         service.repair.close()
+        service.close()
         await backend.stop()
         log.info("node stopped", node=settings.node_id)
 

@@ -280,7 +280,8 @@ async def drain(client: SignalingClient) -> None:
 
 
 async def test_connection_frozen_without_fin_is_dropped_within_two_heartbeats() -> None:
-    c = ProcessCluster.start(nodes=1, reaper=False, WS_HEARTBEAT_SECONDS=1)
+    # RESUME_SECONDS 0: the §3 rule itself (with resume, the same drop starts the grace)
+    c = ProcessCluster.start(nodes=1, reaper=False, WS_HEARTBEAT_SECONDS=1, RESUME_SECONDS=0)
     try:
         url = c.urls()[0]
         watcher = await SignalingClient.connect(url, "hb", "watcher")

@@ -63,7 +63,7 @@ async def test_every_peer_gets_its_own_username(start_server: Any) -> None:
 async def test_nothing_configured_adds_nothing_to_welcome(start_server: Any) -> None:
     url = await node_url(start_server)
     async with await SignalingClient.connect(url, "room", "alice") as a:
-        assert set(a.welcome.data) == {"peer", "peers", "node"}
+        assert set(a.welcome.data) == {"peer", "peers", "node", "resume", "resumed"}  # no ICE
 
 
 @pytest.mark.parametrize("env", [

@@ -20,10 +20,11 @@ async def test_reaper_leaves_a_node_alone_once_its_liveness_key_is_back(
     try:
         await scripts.load_all(client)
         joined = envelope.join("n1", "p", "c1", False)
-        await client.evalsha(scripts.JOIN.sha, 5, keys.room_peers("r"), keys.room_conns("r"),
-                             keys.rooms, keys.node_peers("n1"), keys.events, "r", "p", "n1/c1",
+        await client.evalsha(scripts.JOIN.sha, 6, keys.room_peers("r"), keys.room_conns("r"),
+                             keys.rooms, keys.node_peers("n1"), keys.events,
+                             keys.room_resume("r"), "r", "p", "n1/c1",
                              keys.room_channel("r"), joined, joined, 0,
-                             *keys.node_peers_parts(), 0)
+                             *keys.node_peers_parts(), 0, "", keys.backlog("r", "p"))
         reaper = reaper_for(client, keys)
         await client.set(keys.node("n1"), b"{}")  # the node is (back) alive: hands off
         assert await reaper.reap("n1") == 0

@@ -3,7 +3,9 @@ cleaning up (contract §3). Every node already does this itself (its supervisor 
 `app/backends/rediswire/reaping.py`); this worker is an option, for a cluster that wants
 the clean-up to go on while no node is up, or sooner (`REAP_INTERVAL_SECONDS`).
 
-    python -m workers.reaper        (REDIS_URL, KEY_PREFIX, REAP_INTERVAL_SECONDS)
+    python -m workers.reaper   (REDIS_URL, KEY_PREFIX, REAP_INTERVAL_SECONDS, RESUME_SECONDS)
+
+It waits out the same resume grace as the nodes (RESUME_SECONDS, contract §6).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ReaperSettings:
     key_prefix: str = "sig:"
     interval: float = 1.0
     events_maxlen: int = 0  # room events for webhooks, as the nodes write them
+    grace: float = 15.0  # RESUME_SECONDS, as the nodes have it
     log_level: str = "info"
     log_format: str = "json"
 
@@ -51,6 +54,7 @@ class ReaperSettings:
             interval=r.number("REAP_INTERVAL_SECONDS", 1.0, lo=0.05),
             events_maxlen=(r.integer("WEBHOOK_STREAM_MAXLEN", 100_000, lo=1)
                            if r.flag("WEBHOOK_EVENTS", False) else 0),
+            grace=r.number("RESUME_SECONDS", 15.0, lo=0.0),
             log_level=r.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=r.choice("LOG_FORMAT", "json", ("json", "console")),
         )
@@ -63,16 +67,19 @@ class ReaperSettings:
         return settings
 
 
-def reaper_for(client: AnyRedis, keys: Keys, events_maxlen: int = 0) -> Reaper:
-    """The reaper for the client's form: in steps on a Redis Cluster, atomic otherwise."""
+def reaper_for(client: AnyRedis, keys: Keys, events_maxlen: int = 0,
+               grace: float = 0.0) -> Reaper:
+    """The reaper for the client's form: in steps on a Redis Cluster (which keeps no resume
+    backlogs, so no grace), atomic otherwise."""
     if isinstance(client, RedisCluster):
         return StepsReaper(client, keys, events_maxlen)
-    return AtomicReaper(client, keys, events_maxlen)
+    return AtomicReaper(client, keys, events_maxlen, grace)
 
 
 async def run(settings: ReaperSettings, stop: asyncio.Event) -> None:
     client = plain_client(settings.redis_url)
-    reaper = reaper_for(client, Keys(settings.key_prefix), settings.events_maxlen)
+    reaper = reaper_for(client, Keys(settings.key_prefix), settings.events_maxlen,
+                        settings.grace)
     delay = settings.interval
     log.info("reaper started", interval=settings.interval, prefix=settings.key_prefix)
     try:

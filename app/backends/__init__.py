@@ -25,7 +25,8 @@ def create_backend(settings: Settings) -> Backend:
         return ClusterBackend(cluster_client(target), target, settings.node_id, keys,
                               node_ttl=settings.node_ttl_seconds, events_maxlen=events_maxlen)
     return RedisBackend(client_from_url(settings.redis_url), settings.node_id, keys,
-                        node_ttl=settings.node_ttl_seconds, events_maxlen=events_maxlen)
+                        node_ttl=settings.node_ttl_seconds, events_maxlen=events_maxlen,
+                        grace=settings.resume_seconds)
 
 
 __all__ = [

@@ -21,6 +21,7 @@ from app.core.ports import (
     NodeInfo,
     PeerInfo,
     Rejoin,
+    Resumed,
     RoomFull,
     resolved,
 )
@@ -36,6 +37,13 @@ class MemoryHub:
     node_peers: dict[str, set[str]] = field(default_factory=dict)  # node -> {"room/peer"}
     subscribers: dict[str, set[MemoryBackend]] = field(default_factory=dict)
     nodes: set[str] = field(default_factory=set)
+    tokens: dict[tuple[str, str], str] = field(default_factory=dict)  # (room, peer) -> digest
+    backlogs: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
+
+    def forget(self, room: str, peer: str) -> None:
+        """A membership that ends or starts afresh takes its resume token and backlog."""
+        self.tokens.pop((room, peer), None)
+        self.backlogs.pop((room, peer), None)
 
     def publish(self, room: str, payload: bytes) -> None:
         for node in self.subscribers.get(room, ()):
@@ -73,6 +81,8 @@ class MemoryDirectory(Directory):
 
 
 class MemoryBackend(Backend):
+    resumable = True
+
     def __init__(self, node_id: str, hub: MemoryHub | None = None) -> None:
         self.node_id = node_id
         self.hub = hub if hub is not None else MemoryHub()
@@ -116,7 +126,8 @@ class MemoryBackend(Backend):
                 del self.hub.subscribers[room]
 
     async def join(
-        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0
+        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0,
+        token: str = "",
     ) -> list[str]:
         members = self.hub.members.setdefault(room, {})
         previous = [p for p in members if p != peer]
@@ -129,6 +140,9 @@ class MemoryBackend(Backend):
             self.hub.index(previous_owner, room, peer, add=False)
         members[peer] = owner = f"{self.node_id}/{conn}"
         self.hub.index(owner, room, peer, add=True)
+        self.hub.forget(room, peer)
+        if token:
+            self.hub.tokens[(room, peer)] = token
         self.hub.publish(room, takeover if previous_owner is not None else fresh)
         return previous
 
@@ -141,6 +155,7 @@ class MemoryBackend(Backend):
         if current == owner:
             del members[peer]
             self.hub.index(owner, room, peer, add=False)
+            self.hub.forget(room, peer)
             if not members:
                 del self.hub.members[room]
         elif current is not None or not announce_absent:
@@ -173,3 +188,25 @@ class MemoryBackend(Backend):
     async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
         self.hub.publish(room, envelope)
         return resolved(None)
+
+    async def stash(self, room: str, peer: str, frames: list[bytes], ttl: float
+                    ) -> asyncio.Future[None]:
+        self.hub.backlogs.setdefault((room, peer), []).extend(frames)
+        return resolved(None)
+
+    async def resume(self, room: str, peer: str, conn: str, token: str, new_token: str,
+                     envelope: bytes) -> Resumed | None:
+        members = self.hub.members.get(room, {})
+        current = members.get(peer)
+        if current is None or self.hub.tokens.get((room, peer)) != token:
+            return None
+        self.hub.index(current, room, peer, add=False)
+        members[peer] = owner = f"{self.node_id}/{conn}"
+        self.hub.index(owner, room, peer, add=True)
+        self.hub.tokens[(room, peer)] = new_token
+        self.hub.publish(room, envelope)
+        holder = current.rpartition("/")[0]
+        return Resumed([p for p in members if p != peer], holder, holder in self.hub.nodes)
+
+    async def take_backlog(self, room: str, peer: str) -> list[bytes]:
+        return self.hub.backlogs.pop((room, peer), [])

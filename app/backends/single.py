@@ -28,7 +28,7 @@ from app.backends.rediswire.subscriber import Subscriber
 from app.backends.rediswire.supervisor import FAILURES, SupervisedBackend
 from app.backends.rediswire.wire import RedisWire
 from app.core import envelope
-from app.core.ports import BackendEvents, BackendUnavailable, Rejoin, RoomFull
+from app.core.ports import BackendEvents, BackendUnavailable, Rejoin, Resumed, RoomFull
 
 log = structlog.get_logger(__name__)
 
@@ -36,15 +36,20 @@ __all__ = ["RedisBackend", "client_from_url"]
 
 
 class RedisBackend(SupervisedBackend):
+    resumable = True
+
     def __init__(self, client: Redis, node_id: str, keys: Keys, node_ttl: float = 4.0,
-                 events_maxlen: int = 0) -> None:
+                 events_maxlen: int = 0, grace: float = 0.0) -> None:
         super().__init__(client, node_id, keys, node_ttl,
-                         AtomicReaper(client, keys, events_maxlen))
+                         AtomicReaper(client, keys, events_maxlen, grace), grace)
         self._client = client
         self._events_maxlen = events_maxlen  # 0: append no room events (nobody consumes them)
         on_error = lambda: self.observer.backend_error("command")  # noqa: E731
         self._pipe = RedisWire(client, self._signal_lost, on_error)
         self._subscriber: Subscriber | None = None
+        # Listened on while the node runs: a resume elsewhere learns from PUBLISH's count
+        # whether this node will hand a backlog over. Its messages name no room.
+        self._channels[keys.node_channel(node_id).encode()] = ""
 
     async def start(self, events: BackendEvents) -> None:
         self._spawn(self._pipe.run(), "redis-pipe")
@@ -97,22 +102,24 @@ class RedisBackend(SupervisedBackend):
 
     # -- membership and publishing ---------------------------------------------------------
 
-    def _room_keys(self, room: str) -> tuple[str, str, str, str, str]:
+    def _room_keys(self, room: str) -> tuple[str, ...]:
         k = self.keys
         return (k.room_peers(room), k.room_conns(room), k.rooms, k.node_peers(self.node_id),
-                k.events)
+                k.events, k.room_resume(room), k.node(self.node_id))
 
     async def _script(self, script: scripts.Script, room: str, *args: Any) -> Any:
-        future = await self._pipe.submit("EVALSHA", script.sha, 5, *self._room_keys(room),
+        future = await self._pipe.submit("EVALSHA", script.sha, 7, *self._room_keys(room),
                                          room, *args)
         return await future
 
     async def join(
-        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0
+        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0,
+        token: str = "",
     ) -> list[str]:
         members = await self._script(
             scripts.JOIN, room, peer, self._owner(conn), self.keys.room_channel(room), fresh,
-            takeover, limit, *self.keys.node_peers_parts(), self._events_maxlen)
+            takeover, limit, *self.keys.node_peers_parts(), self._events_maxlen, token,
+            self.keys.backlog(room, peer))
         if members is None:
             raise RoomFull(room)
         return [m.decode() for m in members if m != peer.encode()]
@@ -122,7 +129,7 @@ class RedisBackend(SupervisedBackend):
     ) -> bool:
         done = await self._script(scripts.LEAVE, room, peer, self._owner(conn),
                                   self.keys.room_channel(room), envelope, int(announce_absent),
-                                  self._events_maxlen)
+                                  self._events_maxlen, 0, self.keys.backlog(room, peer))
         return bool(done)
 
     async def rejoin(self, room: str, peer: str, conn: str, envelope: bytes) -> Rejoin:
@@ -140,3 +147,28 @@ class RedisBackend(SupervisedBackend):
     async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
         future = await self._pipe.submit("PUBLISH", self.keys.room_channel(room), envelope)
         return future
+
+    # -- session resume (contract §6) ------------------------------------------------------
+
+    async def stash(self, room: str, peer: str, frames: list[bytes], ttl: float
+                    ) -> asyncio.Future[None]:
+        future = await self._pipe.submit("EVALSHA", scripts.STASH.sha, 1,
+                                         self.keys.backlog(room, peer), int(ttl * 1000), *frames)
+        return future
+
+    async def resume(self, room: str, peer: str, conn: str, token: str, new_token: str,
+                     envelope: bytes) -> Resumed | None:
+        reply = await self._script(
+            scripts.RESUME, room, peer, self._owner(conn), self.keys.room_channel(room), token,
+            new_token, envelope, *self.keys.node_peers_parts(), *self.keys.node_channel_parts())
+        if reply is None:
+            return None
+        holder, listening, members = reply
+        return Resumed([m.decode() for m in members if m != peer.encode()], holder.decode(),
+                       listening > 0)
+
+    async def take_backlog(self, room: str, peer: str) -> list[bytes]:
+        future = await self._pipe.submit("EVALSHA", scripts.TAKE.sha, 1,
+                                         self.keys.backlog(room, peer))
+        frames: list[bytes] = await future
+        return frames

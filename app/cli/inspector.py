@@ -35,7 +35,7 @@ from app.backends.rediswire.clients import AnyRedis, close_client, plain_client
 from app.backends.rediswire.directory import RedisDirectory
 from app.backends.rediswire.keys import Keys
 from app.core import envelope
-from app.core.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay, Sync
+from app.core.envelope import BadEnvelope, Chat, Handed, Join, Kick, Leave, Relay, Resume, Sync
 
 
 def describe(payload: bytes, now: float | None = None) -> str:
@@ -56,6 +56,10 @@ def describe(payload: bytes, now: float | None = None) -> str:
                 f"reason={env.reason!r}")
     if isinstance(env, Sync):
         return f"{head} sync   node={env.node} members={','.join(sorted(env.members))}"
+    if isinstance(env, Resume):
+        return f"{head} resume {env.peer} node={env.node} conn={env.conn}"
+    if isinstance(env, Handed):
+        return f"{head} handed {env.peer} node={env.node} to conn={env.conn}"
     age = f"{max(0.0, (now or time.time()) - env.sent) * 1000:.1f}ms"
     frame = env.frame.decode(errors="replace")
     if isinstance(env, Relay):

@@ -62,6 +62,8 @@ class Settings:
     node_ttl_seconds: float = 4.0
     ws_heartbeat_seconds: float = 20.0
     drain_seconds: float = 5.0
+    resume_seconds: float = 15.0
+    resume_backlog: int = 512
     # operations: admin API, ICE servers for clients, room-event webhooks
     admin_token: str | None = None
     ice_stun_urls: tuple[str, ...] = ()
@@ -102,6 +104,8 @@ class Settings:
             node_ttl_seconds=r.number("NODE_TTL_SECONDS", 4.0, lo=1.0),
             ws_heartbeat_seconds=r.number("WS_HEARTBEAT_SECONDS", 20.0, lo=0.0),
             drain_seconds=r.number("DRAIN_SECONDS", 5.0, lo=0.0),
+            resume_seconds=r.number("RESUME_SECONDS", 15.0, lo=0.0),
+            resume_backlog=r.integer("RESUME_BACKLOG", 512, lo=1, hi=100_000),
             # security controls (limits, client addresses, token auth)
             rate_limit_strikes=r.integer("RATE_LIMIT_STRIKES", 100, lo=0),
             rate_limit_bytes_per_s=r.number("RATE_LIMIT_BYTES_PER_S", 262144.0, lo=0.0),
@@ -149,6 +153,7 @@ class Settings:
                           self.rate_limit_bytes_per_s, self.rate_limit_bytes_burst),
             ice=IceServers(self.ice_stun_urls, self.turn_urls, self.turn_secret,
                            self.turn_ttl_seconds),
+            resume_seconds=self.resume_seconds, resume_backlog=self.resume_backlog,
         )
 
     def check(self) -> None:

@@ -8,6 +8,9 @@ An envelope is a msgpack array whose first two items are the format version and 
     [1, "c", node, frame, sent]            chat `frame` to every peer of the room
     [1, "k", node, peer, code, reason]     close `peer`'s connections (nil peer: everyone's)
     [1, "s", node, [peer, ...]]            the room's members at this point of the channel
+    [1, "u", node, peer, conn]             peer resumed on `node` as `conn` (contract §6)
+    [1, "h", node, peer, conn, [peer, ...]] its old node handed the backlog over: what the
+                                           peer had been told was present (its `known`)
 
 `frame` is binary: the exact bytes the receiving node writes to its clients, so it must
 be UTF-8 text of a JSON object (a browser closes the whole connection, 1007, on a text
@@ -83,7 +86,27 @@ class Sync:
     members: tuple[str, ...]
 
 
-Envelope = Join | Leave | Relay | Chat | Kick | Sync
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Published with the change of owner: frames before it are the old holder's to keep
+    in the backlog, frames after it the new connection's."""
+
+    node: str
+    peer: str
+    conn: str
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """The old holder has written the whole backlog (it is on the channel after them)."""
+
+    node: str
+    peer: str
+    conn: str  # the resuming connection
+    known: tuple[str, ...]
+
+
+Envelope = Join | Leave | Relay | Chat | Kick | Sync | Resume | Handed
 
 
 def _pack(*items: Any) -> bytes:
@@ -112,6 +135,14 @@ def kick(node: str, peer: str | None, code: int, reason: str) -> bytes:
 
 def sync(node: str, members: list[str]) -> bytes:
     return _pack("s", node, members)
+
+
+def resume(node: str, peer: str, conn: str) -> bytes:
+    return _pack("u", node, peer, conn)
+
+
+def handed(node: str, peer: str, conn: str, known: list[str]) -> bytes:
+    return _pack("h", node, peer, conn, known)
 
 
 def sync_prefix(node: str) -> bytes:
@@ -144,6 +175,11 @@ def decode(payload: bytes) -> Envelope:
         return _kick(node, *rest)
     if kind == "s" and len(rest) == 1 and isinstance(rest[0], list):
         return Sync(node, tuple(_need_id(m) for m in rest[0]))
+    if kind == "u" and len(rest) == 2:
+        return Resume(node, _need_id(rest[0]), _need_id(rest[1]))
+    if kind == "h" and len(rest) == 3 and isinstance(rest[2], list):
+        return Handed(node, _need_id(rest[0]), _need_id(rest[1]),
+                      tuple(_need_id(m) for m in rest[2]))
     raise BadEnvelope(f"unknown kind or arity: {kind!r}/{len(rest)}")
 
 

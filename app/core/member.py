@@ -4,6 +4,8 @@ The core decides what a member hears (welcome, `new-peer`/`peer-left` once each,
 chat); how the frames reach a client is the edge's (`app/edge/peer.py`), behind `send` and
 `close`. `known` is the set of peers this client has been told are present, so no
 announcement reaches it twice even when a join or leave is heard from several sources.
+Until it is known (the join's snapshot, or a resume's hand-over), what the member hears
+waits, frames and announcements in one order, and is replayed in that order.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from app.core.notices import Notices
 
 class Member(ABC):
     __slots__ = (
-        "_backlog", "conn", "id", "known", "overflowed", "perms", "rate", "replaced", "room",
+        "_early", "conn", "id", "known", "overflowed", "perms", "rate", "replaced", "room",
         "welcome",
     )
 
@@ -30,9 +32,9 @@ class Member(ABC):
         self.welcome: bytes = b""
         self.replaced = False  # closed because a newer connection took this peer id
         # Peers this client has been told are present (welcome, then new-peer/peer-left).
-        # None until the join's snapshot is known; announcements wait in the backlog.
+        # None until the join's snapshot is known; what it hears meanwhile waits in `_early`.
         self.known: set[str] | None = None
-        self._backlog: list[tuple[str, bool, Notices]] | None = None
+        self._early: list[bytes | tuple[str, bool, Notices]] | None = None
         self.overflowed = False  # closed because its send queue overflowed (metrics)
 
     @abstractmethod
@@ -52,13 +54,33 @@ class Member(ABC):
     def closing(self) -> bool:
         """A close was asked for: nothing more is sent."""
 
+    @property
+    def resumable(self) -> bool:
+        """Did the connection end in a way that keeps the session for a resume (§6)?"""
+        return False
+
+    def unsent(self) -> list[bytes]:
+        """Frames queued for the client and never written (its connection has ended)."""
+        return []
+
+    def deliver(self, frame: bytes) -> None:
+        """A relay or chat for this member: sent now, or once its snapshot is known."""
+        if self.known is None:
+            self._wait(frame)
+        else:
+            self.send(frame)
+
+    def _wait(self, item: bytes | tuple[str, bool, Notices]) -> None:
+        if self._early is None:
+            self._early = []
+        self._early.append(item)
+
     def hear_join(self, peer: str, takeover: bool, notices: Notices) -> None:
         """Announce `peer` unless this client already knows it (then only a takeover shows)."""
         if peer == self.id:
             return
         if self.known is None:
-            self._backlog = self._backlog or []
-            self._backlog.append((peer, takeover, notices))
+            self._wait((peer, takeover, notices))
         elif peer not in self.known:
             self.known.add(peer)
             self.send(notices.joined)
@@ -71,8 +93,7 @@ class Member(ABC):
         if peer == self.id:
             return
         if self.known is None:
-            self._backlog = self._backlog or []
-            self._backlog.append((peer, False, notices))
+            self._wait((peer, False, notices))
         elif peer in self.known:
             self.known.discard(peer)
             self.send(notices.left)
@@ -88,11 +109,15 @@ class Member(ABC):
         for peer in sorted(present - self.known):
             self.hear_join(peer, False, Notices(room, peer, left_event=False))
 
-    def learn_snapshot(self, peers: list[str]) -> None:
-        """The membership at this peer's own join; replay what was announced meanwhile."""
+    def learn_snapshot(self, peers: list[str] | tuple[str, ...]) -> None:
+        """What this client knows at its join (or resume); replay what it heard meanwhile."""
         self.known = set(peers)
-        backlog, self._backlog = self._backlog or [], None
-        for peer, takeover, notices in backlog:
+        early, self._early = self._early or [], None
+        for item in early:
+            if isinstance(item, bytes):
+                self.send(item)
+                continue
+            peer, takeover, notices = item
             if notices.left_event:
                 self.hear_leave(peer, notices)
             else:

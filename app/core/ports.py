@@ -92,6 +92,16 @@ class PeerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Resumed:
+    """A resume the backend accepted: the membership is the new connection's and the
+    resume envelope is on the channel (contract §6)."""
+
+    peers: list[str]  # the room's members at that point, without the peer
+    holder: str  # the node whose connection owned the membership
+    listening: bool  # that node still listens, so it will hand the backlog over
+
+
+@dataclass(frozen=True, slots=True)
 class NodeInfo:
     node: str
     alive: bool  # its liveness key exists; a dead node's peers wait for the reaper
@@ -130,7 +140,8 @@ class Meter(Protocol):
     def kicks(self) -> Count: ...
 
     def watch(self, peers: Callable[[], float], rooms: Callable[[], float],
-              subscriptions: Callable[[], float], ready: Callable[[], bool]) -> None:
+              subscriptions: Callable[[], float], ready: Callable[[], bool],
+              held: Callable[[], float]) -> None:
         """Gauges read when scraped, from the service's own state."""
 
     def frame(self, kind: str, outcome: str) -> None:
@@ -152,6 +163,7 @@ class Backend(ABC):
     node_id: str
     directory: Directory  # read-only view for operators (admin API, inspector)
     observer: BackendObserver = _Silent()  # the node sets its metrics here before `start`
+    resumable: bool = False  # keeps per-peer backlogs, so sessions can resume (§6)
 
     @abstractmethod
     async def start(self, events: BackendEvents) -> None:
@@ -176,9 +188,12 @@ class Backend(ABC):
 
     @abstractmethod
     async def join(
-        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0
+        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0,
+        token: str = "",
     ) -> list[str]:
         """Make `conn` the owner of `peer`'s membership and publish the join, atomically.
+
+        `token` is the digest of the peer's resume token, kept for `resume` (none: "").
 
         Publishes `takeover` if the peer was already a member (another connection owned
         it), `fresh` otherwise. Returns the ids that were members before, without `peer`.
@@ -218,6 +233,23 @@ class Backend(ABC):
         Returns at once (after waiting only for queue space) with a future that fails with
         `BackendUnavailable` if it was not sent.
         """
+
+    # -- session resume (contract §6); a backend that is not `resumable` keeps none ---------
+
+    async def stash(self, room: str, peer: str, frames: list[bytes], ttl: float
+                    ) -> asyncio.Future[None]:
+        """Append `frames` to `peer`'s backlog, in order; it expires `ttl` s after this."""
+        raise BackendUnavailable("this backend keeps no backlogs")
+
+    async def resume(self, room: str, peer: str, conn: str, token: str, new_token: str,
+                     envelope: bytes) -> Resumed | None:
+        """If `token` is the digest the membership holds, make `conn` its owner, keep
+        `new_token`, and publish `envelope`, atomically; None if it is not (or gone)."""
+        return None
+
+    async def take_backlog(self, room: str, peer: str) -> list[bytes]:
+        """Read and delete `peer`'s backlog."""
+        return []
 
 
 def resolved(value: T) -> asyncio.Future[T]:

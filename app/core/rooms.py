@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from app.core.closes import CLOSE_REPLACED
-from app.core.envelope import Join
+from app.core.envelope import Join, Resume
 from app.core.member import Member
 from app.core.notices import Notices
 
@@ -27,12 +27,12 @@ class LocalRoom:
         target = self.active.get(to)
         if target is None:
             return False
-        target.send(frame)
+        target.deliver(frame)
         return True
 
     def chat(self, frame: bytes) -> None:
         for target in self.active.values():
-            target.send(frame)
+            target.deliver(frame)
 
     def joined(self, node_id: str, env: Join) -> None:
         """A join envelope: takeover of a local connection, announcements, activation.
@@ -55,6 +55,19 @@ class LocalRoom:
             target.hear_join(env.peer, env.takeover, notices)
         if joiner is not None and not joiner.closing and env.peer not in self.active:
             self.active[env.peer] = joiner
+
+    def resumed(self, node_id: str, env: Resume) -> Member | None:
+        """A resume envelope: nobody is told; the resuming connection, if it is here, hears
+        from here on. Returns the member it took over from, if that one is here."""
+        old = self.active.get(env.peer)
+        if old is not None and old.conn != env.conn:
+            del self.active[env.peer]
+        else:
+            old = None
+        joiner = self.conns.get(env.conn) if env.node == node_id else None
+        if joiner is not None and not joiner.closing:
+            self.active[env.peer] = joiner
+        return old
 
     def left(self, peer: str) -> None:
         """A leave: announced to local peers that knew `peer`.

@@ -35,3 +35,5 @@ class Rules:
     max_json_depth: int = 32
     rate: RateSpec = field(default_factory=RateSpec)
     ice: IceServers = field(default_factory=IceServers)
+    resume_seconds: float = 0.0  # 0: a lost connection leaves at once (§6 off)
+    resume_backlog: int = 512  # frames kept for a held session

@@ -9,20 +9,28 @@ outage makes the cluster repeat one.
 While the backend is down the node keeps serving what it can alone: frames between its
 own peers are delivered directly, the rest are answered `unavailable`, and leaves are
 remembered so they can be announced once the backend is back (`repair.py`).
+
+Session resume (contract §6): a connection that ends without the client's close or a close
+the node decided on is held (`held.py`) for RESUME_SECONDS, what it hears kept in its
+backlog; `resume` on any node takes the membership over, in channel order, so that the old
+holder keeps everything before the resume envelope and the new connection everything after.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import secrets
 from collections.abc import Awaitable
 from typing import Any
 
 import structlog
 
 from app.core import envelope, protocol
-from app.core.closes import CLOSE_GOING_AWAY, CLOSE_POLICY
-from app.core.envelope import BadEnvelope, Chat, Join, Kick, Leave, Relay, Sync
+from app.core.closes import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_REPLACED
+from app.core.envelope import BadEnvelope, Chat, Handed, Join, Kick, Leave, Relay, Resume, Sync
+from app.core.held import Held
 from app.core.ids import new_conn_id
 from app.core.limits import Verdict
 from app.core.member import Member, MemberFactory
@@ -35,7 +43,20 @@ from app.core.rules import Rules
 log = structlog.get_logger(__name__)
 
 
-_KIND: dict[type, str] = {Join: "j", Leave: "l", Relay: "r", Chat: "c", Kick: "k", Sync: "s"}
+_KIND: dict[type, str] = {Join: "j", Leave: "l", Relay: "r", Chat: "c", Kick: "k", Sync: "s",
+                          Resume: "u", Handed: "h"}
+
+HANDOVER_SECONDS = 2.0  # a resume waits this long for the old holder's backlog
+
+
+def new_resume_token() -> str:
+    """128 random bits, URL-safe (it travels as `?resume=`)."""
+    return secrets.token_urlsafe(16)
+
+
+def token_digest(token: str) -> str:
+    """What the backend keeps: a reader of Redis cannot resume someone else's session."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class NodeFull(Exception):
@@ -52,15 +73,24 @@ class SignalingService:
         self.metrics = metrics
         self._new_member = new_member
         self.metrics.watch(
-            peers=lambda: sum(len(local.conns) for local in self.rooms.values()),
+            peers=lambda: sum(len(local.conns) for local in self.rooms.values()) - self.held(),
             rooms=lambda: len(self.rooms),
             subscriptions=lambda: sum(local.subscribed for local in self.rooms.values()),
             ready=lambda: backend.ready,
+            held=lambda: self.held(),
         )
         self.draining = False
         self.repair = Repair(self.rooms, backend)
         self._no_rooms = asyncio.Event()
         self._no_rooms.set()
+        # Resume is on when configured and the backend keeps backlogs (not a Redis Cluster).
+        self.resume_seconds = rules.resume_seconds if backend.resumable else 0.0
+        self._held: set[Held] = set()
+        self._handovers: dict[str, asyncio.Future[tuple[str, ...]]] = {}  # by resuming conn
+        self._tasks: set[asyncio.Task[None]] = set()
+        if rules.resume_seconds and not backend.resumable:
+            log.warning("this backend keeps no resume backlogs: RESUME_SECONDS is ignored",
+                        backend=type(backend).__name__)
 
     @property
     def ready(self) -> bool:
@@ -76,27 +106,87 @@ class SignalingService:
         """
         local, peer = await self._add_local(room, peer_id)
         peer.perms = perms
+        token = new_resume_token() if self.resume_seconds else ""
         try:
             fresh = envelope.join(self.node_id, peer_id, peer.conn, False)
             takeover = envelope.join(self.node_id, peer_id, peer.conn, True)
             others = await self.backend.join(room, peer_id, peer.conn, fresh, takeover,
-                                             limit=self.rules.room_max_peers)
+                                             limit=self.rules.room_max_peers,
+                                             token=token_digest(token) if token else "")
         except BaseException:
             if local.active.get(peer_id) is peer:  # its join envelope came back: undo that
                 del local.active[peer_id]
             await self._drop_local(local, peer)
             raise
         peer.learn_snapshot(others)
-        peer.welcome = protocol.welcome_frame(room, peer_id, others, self.node_id,
-                                              self.rules.ice.welcome_data(peer_id))
+        peer.welcome = self._welcome(peer, others, token, resumed=False)
         self.metrics.connections.inc()
         log.debug("peer joined", room=room, peer=peer_id, conn=peer.conn)
         return peer
 
+    def _welcome(self, peer: Member, others: list[str], token: str, resumed: bool) -> bytes:
+        extra = self.rules.ice.welcome_data(peer.id)
+        if token:
+            extra = {**extra, "resume": token, "resumed": resumed}
+        return protocol.welcome_frame(peer.room, peer.id, others, self.node_id, extra)
+
+    async def resume(self, room: str, peer_id: str, token: str,
+                     perms: frozenset[str] | None = None) -> Member | None:
+        """Take over a held (or still connected) session with its newest token (§6).
+
+        None if the token is not the membership's newest (stale, wrong, expired, or the
+        backlog overflowed): the caller joins as usual. Otherwise the member gets its
+        backlog, then what was sent after the resume, and a welcome with `resumed: true`.
+        """
+        if not self.resume_seconds:
+            return None
+        local, peer = await self._add_local(room, peer_id)
+        peer.perms = perms
+        fresh = new_resume_token()
+        waiter = asyncio.get_running_loop().create_future()
+        self._handovers[peer.conn] = waiter
+        try:
+            done = await self.backend.resume(
+                room, peer_id, peer.conn, token_digest(token), token_digest(fresh),
+                envelope.resume(self.node_id, peer_id, peer.conn))
+            if done is None:
+                await self._drop_local(local, peer)
+                return None
+            known: tuple[str, ...] | None = None
+            if done.listening:  # the old holder writes the rest of the backlog, then says so
+                try:
+                    known = await asyncio.wait_for(waiter, HANDOVER_SECONDS)
+                except TimeoutError:
+                    log.warning("no hand-over from the old node", room=room, peer=peer_id,
+                                node=done.holder)
+            backlog = await self.backend.take_backlog(room, peer_id)
+        except BaseException:
+            if local.active.get(peer_id) is peer:
+                del local.active[peer_id]
+            await self._drop_local(local, peer)
+            raise
+        finally:
+            self._handovers.pop(peer.conn, None)
+        for frame in backlog:  # before what came live since the resume (waiting in `_early`)
+            peer.send(frame)
+        peer.learn_snapshot(known if known is not None else done.peers)
+        peer.welcome = self._welcome(peer, done.peers, fresh, resumed=True)
+        self.metrics.connections.inc()
+        log.info("peer resumed", room=room, peer=peer_id, conn=peer.conn, holder=done.holder,
+                 backlog=len(backlog), handed=known is not None)
+        return peer
+
     async def leave(self, peer: Member) -> None:
-        """Remove a peer whose connection is over; announce it unless it was replaced."""
+        """Remove a peer whose connection is over; announce it unless it was replaced.
+
+        A connection that may resume is held instead (nobody is told)."""
         local = self.rooms.get(peer.room)
         if local is None:
+            return
+        if (self.resume_seconds and peer.resumable and not peer.replaced
+                and peer.known is not None and self.backend.ready
+                and local.conns.get(peer.conn) is peer):
+            self._hold(local, peer)
             return
         if local.active.get(peer.id) is peer:
             del local.active[peer.id]
@@ -121,6 +211,117 @@ class SignalingService:
             # Tell this node's peers now; the cluster hears it once the backend is back.
             local.left(peer.id)
             self.repair.leave_later(peer.room, peer.id, peer.conn)
+
+    # -- holding a session for resume (contract §6) ---------------------------------------
+
+    def _hold(self, local: LocalRoom, peer: Member) -> None:
+        held = Held(peer, self.rules.resume_backlog, self)
+        local.conns[held.conn] = held
+        if local.active.get(peer.id) is peer:
+            local.active[peer.id] = held
+        self._held.add(held)
+        held.timer = asyncio.get_running_loop().call_later(
+            self.resume_seconds, self.end_hold, held, True)
+        for frame in peer.unsent():
+            held.send(frame)
+        log.debug("peer held for resume", room=peer.room, peer=peer.id, conn=peer.conn)
+
+    def write_backlog(self, held: Held) -> None:
+        if held.writer is None:
+            held.writer = self._spawn(self._write_backlog(held), f"backlog:{held.id}")
+
+    async def _write_backlog(self, held: Held) -> None:
+        """One writer per held member: the backlog, in order, then the hand-over."""
+        try:
+            while not held.ended:
+                frames = held.take()
+                if frames:
+                    ttl = self.resume_seconds + HANDOVER_SECONDS + 5
+                    await (await self.backend.stash(held.room, held.id, frames, ttl))
+                elif held.handing_to is not None:
+                    await (await self.backend.publish(held.room, envelope.handed(
+                        self.node_id, held.id, held.handing_to, sorted(held.known or ()))))
+                    held.ended = True
+                    self._forget_held(held)
+                    local = self.rooms.get(held.room)
+                    if local is not None:
+                        await self._drop_local(local, held)
+                else:
+                    return
+        except BackendUnavailable:
+            log.warning("backlog lost with the backend: ending the hold", room=held.room,
+                        peer=held.id)
+            held.writer = None
+            self.end_hold(held, announce=True)
+        finally:
+            if held.writer is asyncio.current_task():
+                held.writer = None
+
+    def end_hold(self, held: Held, announce: bool) -> None:
+        if not held.ended and held.handing_to is None:
+            held.ended = True
+            self._spawn(self._end_hold(held, announce), f"unhold:{held.id}")
+
+    async def _end_hold(self, held: Held, announce: bool) -> None:
+        self._forget_held(held)
+        if held.writer is not None:  # its last write first, so the leave deletes it all
+            with contextlib.suppress(Exception):
+                await held.writer
+        local = self.rooms.get(held.room)
+        if local is None:
+            return
+        if local.active.get(held.id) is held:
+            del local.active[held.id]
+        try:
+            if announce:
+                await self._announce_leave(local, held)
+            else:
+                await self._release(held)
+        finally:
+            await self._drop_local(local, held)
+        log.debug("hold ended", room=held.room, peer=held.id, announced=announce,
+                  frames=held.count)
+
+    def _forget_held(self, held: Held) -> None:
+        self._held.discard(held)
+        if held.timer is not None:
+            held.timer.cancel()
+            held.timer = None
+
+    def _hand_over(self, local: LocalRoom, old: Member, conn: str) -> None:
+        """The session moved to `conn`: finish `old`'s backlog, then publish `handed`."""
+        if isinstance(old, Held):
+            held = old
+        else:  # still connected here (its client noticed the loss first): take it over
+            held = Held(old, self.rules.resume_backlog, self)
+            old.replaced = True
+            for frame in old.unsent():
+                held.send(frame)
+            old.close(CLOSE_REPLACED, "resumed on another connection")
+            local.conns[held.conn] = held
+        if held.ended:
+            return
+        self._forget_held(held)
+        held.handing_to = conn
+        self.write_backlog(held)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def held(self) -> int:
+        """Sessions held for resume on this node right now."""
+        return len(self._held)
+
+    def close(self) -> None:
+        """At shutdown: holds still open stay in the backend (the sweep of dead nodes
+        ends them after the grace, unless they resume elsewhere first)."""
+        for held in list(self._held):
+            self._forget_held(held)
+        for task in self._tasks:
+            task.cancel()
 
     async def _release(self, peer: Member) -> None:
         """A replaced connection owns no membership, so its leave publishes nothing; it
@@ -150,7 +351,8 @@ class SignalingService:
     async def _drop_local(self, local: LocalRoom, peer: Member) -> None:
         """Unregister a connection; unsubscribe if it was the room's last here."""
         async with local.lock:
-            local.conns.pop(peer.conn, None)
+            if local.conns.get(peer.conn) is peer:  # not a hold that took its place
+                del local.conns[peer.conn]
             if local.conns or not local.subscribed:
                 return
             local.subscribed = False
@@ -346,6 +548,14 @@ class SignalingService:
             local.joined(self.node_id, env)
         elif isinstance(env, Leave):
             local.left(env.peer)
+        elif isinstance(env, Resume):
+            old = local.resumed(self.node_id, env)
+            if old is not None:
+                self._hand_over(local, old, env.conn)
+        elif isinstance(env, Handed):
+            waiter = self._handovers.get(env.conn)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(env.known)
         elif isinstance(env, Sync) and env.node == self.node_id:
             for target in local.active.values():
                 target.resync(env.members, room)

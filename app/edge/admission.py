@@ -9,6 +9,7 @@ node's room count are decided by the service at the join (409, 503).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ class Refusal(Exception):
                             content_type="application/json")
 
 
+RESUME_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """An admitted request: who it is, from where, allowed what, until when."""
@@ -54,6 +58,7 @@ class Ticket:
     client: str
     perms: frozenset[str] | None = None  # None: auth is off, everything is allowed
     expires: float | None = None
+    resume: str | None = None  # `?resume=TOKEN` (contract §6), if it looks like one
 
 
 class Gate:
@@ -83,13 +88,17 @@ class Gate:
         if origin is not None and origin not in self._origins:
             raise Refusal(403, "forbidden-origin", f"origin {origin[:200]!r} is not allowed")
         client = self.client(request)
+        # Only a named peer resumes; a malformed token is a wrong one: an ordinary join.
+        resume = request.query.get("resume") if named is not None else None
+        if resume is not None and not RESUME_TOKEN.fullmatch(resume):
+            resume = None
         if self._verifier is None:
-            return Ticket(room, named or new_peer_id(), client)
+            return Ticket(room, named or new_peer_id(), client, resume=resume)
         try:
             grant = self._verifier.verify(bearer_token(request), room, named)
         except AuthError as exc:
             raise Refusal(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"}) from None
-        return Ticket(room, grant.peer, client, grant.perms, grant.expires)
+        return Ticket(room, grant.peer, client, grant.perms, grant.expires, resume)
 
     def client(self, request: web.Request) -> str:
         """The request's client address: X-Forwarded-For believed only from TRUSTED_PROXIES."""

@@ -122,8 +122,9 @@ class Connection(asyncio.Protocol):
             if self._ended:
                 return
             if opcode == OP_TEXT:
-                if self.peer.closing:
+                if self.peer.closing and not self.peer.resumable:
                     continue  # closing: only the client's close frame matters now
+                # Drained (1001): what the client sent before it saw the close still counts.
                 try:
                     text = payload.decode()
                 except UnicodeDecodeError:
@@ -186,6 +187,8 @@ class Connection(asyncio.Protocol):
             self._fail(exc.code, exc.reason)
             return
         self._ended = True
+        if not self.peer.closing:  # its own close, not the answer to the node's
+            self.peer.client_closed = True
         # Echo the client's code, unless the node had already sent its own close.
         self.peer.close(CLOSE_NORMAL if code == CLOSE_NO_STATUS else code, "")
         if self.transport is not None:

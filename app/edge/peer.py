@@ -20,10 +20,10 @@ from collections import deque
 
 import structlog
 
-from app.core.closes import CLOSE_POLICY
+from app.core.closes import CLOSE_GOING_AWAY, CLOSE_POLICY
 from app.core.limits import RateLimit
 from app.core.member import Member, MemberFactory
-from app.edge.wsframe import close_frame, text_frame
+from app.edge.wsframe import close_frame, text_frame, text_payload
 
 log = structlog.get_logger(__name__)
 
@@ -67,8 +67,8 @@ class Peer(Member):
     """A member whose frames go to a WebSocket on a raw transport (`app/edge/connection.py`)."""
 
     __slots__ = (
-        "_bytes", "_closing", "_cutoff", "_judge", "_limit", "_outbox", "_paused", "_queue",
-        "_timer", "_transport",
+        "_bytes", "_closing", "_cutoff", "_judge", "_kept", "_limit", "_outbox", "_paused",
+        "_queue", "_timer", "_transport", "client_closed",
     )
 
     def __init__(self, room: str, peer_id: str, conn: str, rate: RateLimit,
@@ -84,6 +84,9 @@ class Peer(Member):
         self._timer: asyncio.TimerHandle | None = None  # token expiry
         self._cutoff: asyncio.TimerHandle | None = None  # aborts a close the client ignores
         self._judge: asyncio.TimerHandle | None = None  # closes a queue that stays too long
+        # Closed with 1001 (drain): frames never written, kept for the session's resume.
+        self._kept: list[bytes] | None = None
+        self.client_closed = False  # the client sent its close frame: it is leaving
 
     def send(self, frame: bytes) -> None:
         """Queue one frame (encoded JSON); it is written at the end of this loop turn, or
@@ -93,6 +96,8 @@ class Peer(Member):
     def send_frame(self, data: bytes) -> None:
         """Queue one whole WebSocket frame (a text frame, or a pong), counted like any."""
         if self._closing is not None:
+            if self._kept is not None:
+                self._kept.append(data)
             return
         queue = self._queue
         if queue is None:
@@ -130,10 +135,9 @@ class Peer(Member):
         self.flush()
 
     def detach(self) -> None:
-        """The connection is over: nothing more is written, timers stop."""
+        """The connection is over: nothing more is written, timers stop. What was never
+        written stays queued, for `unsent` (a session held for resume)."""
         self._transport = None
-        self._queue = None
-        self._bytes = 0
         for timer in (self._timer, self._cutoff, self._judge):
             if timer is not None:
                 timer.cancel()
@@ -153,6 +157,8 @@ class Peer(Member):
         self._closing = (code, reason)
         if self._transport is not None and not self._paused:
             self.flush()  # frames sent before the close (this turn's) still go first
+        if code == CLOSE_GOING_AWAY and not self.client_closed:
+            self._kept = list(self._queue or ())  # the session may resume elsewhere
         self._queue = None
         self._bytes = 0
         if self._transport is not None:
@@ -166,6 +172,19 @@ class Peer(Member):
     @property
     def closing(self) -> bool:
         return self._closing is not None
+
+    @property
+    def resumable(self) -> bool:
+        """Lost, timed out or drained (1001); not the client's close, nor a close the node
+        decided on for cause (kick, takeover, policy, protocol)."""
+        return not self.client_closed and (
+            self._closing is None or self._closing[0] == CLOSE_GOING_AWAY)
+
+    def unsent(self) -> list[bytes]:
+        frames = [*(self._queue or ()), *(self._kept or ())]
+        self._queue = self._kept = None
+        self._bytes = 0
+        return [p for p in map(text_payload, frames) if p is not None]
 
     def flush(self) -> None:
         """Write queued frames, up to BATCH_BYTES per syscall, while the transport takes

@@ -54,6 +54,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 async def join(service: SignalingService, ticket: Ticket) -> Peer:
     try:
+        if ticket.resume is not None:
+            resumed = await service.resume(ticket.room, ticket.peer, ticket.resume, ticket.perms)
+            if resumed is not None:
+                return as_peer(resumed)
         return as_peer(await service.join(ticket.room, ticket.peer, ticket.perms))
     except RoomFull:
         raise Refusal(409, "room-full", f"room {ticket.room!r} is full") from None

@@ -80,6 +80,14 @@ def text_frame(payload: bytes) -> bytes:
     return frame(OP_TEXT, payload)
 
 
+def text_payload(data: bytes) -> bytes | None:
+    """The payload of one whole frame that `frame` built, if it is a text frame."""
+    if not data or data[0] != 0x80 | OP_TEXT:
+        return None
+    n = data[1] & 0x7F
+    return data[2:] if n < 126 else data[4:] if n == 126 else data[10:]
+
+
 def close_frame(code: int, reason: str = "") -> bytes:
     return frame(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:123])
 

@@ -48,6 +48,8 @@ class NodeMetrics:
         self.subscriptions = Gauge("signaling_pubsub_subscriptions",
                                    "Room channels this node is subscribed to.", registry=r)
         self.ready = Gauge("signaling_ready", "1 while the backend is reachable.", registry=r)
+        self.held = Gauge("signaling_held_sessions",
+                          "Sessions whose connection ended, held here for resume.", registry=r)
         self.draining = Gauge("signaling_draining", "1 while the node drains.", registry=r)
         self.connections = Counter("signaling_connections", "Connections accepted.", registry=r)
         self.queue_overflows = Counter("signaling_send_queue_overflows", "Peers closed "
@@ -71,9 +73,11 @@ class NodeMetrics:
                           "node": self._node, "backend": backend})
 
     def watch(self, peers: Callable[[], float], rooms: Callable[[], float],
-              subscriptions: Callable[[], float], ready: Callable[[], bool]) -> None:
+              subscriptions: Callable[[], float], ready: Callable[[], bool],
+              held: Callable[[], float]) -> None:
         """Read these gauges from the service's own state at scrape time."""
         self.peers.set_function(peers)
+        self.held.set_function(held)
         self.rooms.set_function(rooms)
         self.subscriptions.set_function(subscriptions)
         self.ready.set_function(lambda: float(ready()))

@@ -83,13 +83,17 @@ class SignalingClient(SendHelpers):
         headers: dict[str, str] | None = None,
         token: str | None = None,
         timeout: float = 10.0,
+        resume: str | None = None,
     ) -> SignalingClient:
-        """Open `/ws/{room}[/{peer}]` (with `?token=` when given) and wait for `welcome`."""
+        """Open `/ws/{room}[/{peer}]` (with `?token=` when given) and wait for `welcome`.
+
+        `resume`: the token of the last welcome (`resume_token`), to go on with that
+        session; `resumed` says whether the node could (if not, it is a fresh join)."""
         own = session is None
         http = aiohttp.ClientSession() if session is None else session
         path = f"/ws/{room}" if peer is None else f"/ws/{room}/{peer}"
         url = base_url.rstrip("/").replace("http", "ws", 1) + path
-        params = {"token": token} if token is not None else None
+        params = {k: v for k, v in (("token", token), ("resume", resume)) if v is not None}
         try:
             ws = await http.ws_connect(
                 url, headers=headers, params=params, heartbeat=None, autoping=True,
@@ -120,6 +124,16 @@ class SignalingClient(SendHelpers):
     @property
     def node(self) -> str:
         return str(self.welcome.data["node"])
+
+    @property
+    def resume_token(self) -> str | None:
+        """What `connect(resume=...)` takes to go on with this session (None: resume off)."""
+        token = self.welcome.data.get("resume")
+        return token if isinstance(token, str) else None
+
+    @property
+    def resumed(self) -> bool:
+        return self.welcome.data.get("resumed") is True
 
     async def send(self, type: str, to: str | None = None, data: Any = None) -> None:
         frame: dict[str, Any] = {"type": type, "data": data}

@@ -43,6 +43,7 @@ class Welcome:
     node: str
     ice_servers: tuple[dict[str, Any], ...] = ()  # RTCIceServer dicts, when configured
     rejoined: bool = False  # set by ReconnectingClient after a reconnect
+    resumed: bool = False  # the session went on: nothing was missed, nobody was told
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,8 @@ def to_event(frame: Frame) -> Event:
     data = frame.data
     if frame.type == "welcome" and isinstance(data, dict):
         return Welcome(str(frame.room), str(data["peer"]), tuple(data.get("peers", ())),
-                       str(data.get("node", "")), tuple(data.get("iceServers", ())))
+                       str(data.get("node", "")), tuple(data.get("iceServers", ())),
+                       resumed=data.get("resumed") is True)
     if frame.type == "new-peer":
         return NewPeer(str(data))
     if frame.type == "peer-left":

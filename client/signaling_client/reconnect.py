@@ -11,9 +11,12 @@ its peer id is taken over. For bots and long-running tools.
 It reconnects after any close but 4001 to 4004 (1001: the node drains; 1006, no close
 frame: the network or the node was lost) and after refusals that may pass (409 room full,
 429, 5xx), under the same peer id, with capped exponential backoff and jitter, trying the
-next URL each time (or the same one, behind a load balancer). The room sees the peer leave
-and join again, so a bot should treat every `Welcome` as a fresh start (`rejoined` says it
-is one). 4001 means the same peer id connected elsewhere: the newer connection wins, and
+next URL each time (or the same one, behind a load balancer). It resumes its session
+(contract §6) with the token of its last welcome: then `Welcome.resumed` is true, the
+frames sent to it meanwhile follow, and the room saw nothing. Otherwise (the node's grace
+ran out, resume is off) the room saw the peer leave and join again, and a `Welcome` that
+is not `resumed` is a fresh start (`rejoined` says it follows a disconnect).
+4001 means the same peer id connected elsewhere: the newer connection wins, and
 fighting it back would bounce both for ever, so it ends; so do an operator's kick (4002),
 room close (4003) and an expired token (4004: make a new client with a new token). A
 refusal that cannot pass (400 bad id, 401 token, 403 origin) raises `Refused`.
@@ -83,6 +86,8 @@ class ReconnectingClient(SendHelpers):
         self._options = connect_options
         self._next_url = 0
         self._closing = asyncio.Event()
+        self._resume: str | None = None  # the newest welcome's resume token
+        self._connected = asyncio.Event()
 
     @property
     def node(self) -> str | None:
@@ -99,6 +104,7 @@ class ReconnectingClient(SendHelpers):
             async for event in client.events():
                 yield event
             self.client = None
+            self._connected.clear()
             if self._closing.is_set():
                 return
             code = client.close_code
@@ -117,7 +123,8 @@ class ReconnectingClient(SendHelpers):
             url = self.urls[self._next_url % len(self.urls)]
             try:
                 client = await SignalingClient.connect(
-                    url, self.room, self.peer, session=self._http(), **self._options)
+                    url, self.room, self.peer, session=self._http(), resume=self._resume,
+                    **self._options)
             except Refused as exc:
                 if not may_pass(exc.status):
                     raise
@@ -128,7 +135,9 @@ class ReconnectingClient(SendHelpers):
                 self.backoff.reset()
                 self.connects += 1
                 self.peer = client.peer_id
+                self._resume = client.resume_token
                 self.client = client
+                self._connected.set()
                 return client
             self._next_url += 1
             await self._pause(self.backoff.next())
@@ -146,8 +155,14 @@ class ReconnectingClient(SendHelpers):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), delay)
 
+    async def connected(self) -> None:
+        """Wait until a connection is open (`events()` must be running to make one)."""
+        await self._connected.wait()
+
     async def send(self, type: str, to: str | None = None, data: Any = None) -> None:
-        """Send on the current connection; `NotConnected` between connections."""
+        """Send on the current connection; `NotConnected` between connections. A frame
+        sent before the node's close frame arrived (a drain) is handled; after a lost
+        connection (1006) a frame sent just before may be lost."""
         client = self.client
         if client is None:
             raise NotConnected(None, "not connected")

@@ -40,6 +40,9 @@ log = structlog.get_logger(__name__)
 
 
 class ClusterBackend(SupervisedBackend):
+    """Not `resumable`: per-peer backlogs and the hand-over between nodes are built for one
+    Redis; on a cluster RESUME_SECONDS is ignored and a lost connection leaves at once."""
+
     def __init__(self, cluster: RedisCluster, target: RedisTarget, node_id: str, keys: Keys,
                  node_ttl: float = 4.0, events_maxlen: int = 0) -> None:
         super().__init__(cluster, node_id, keys, node_ttl,
@@ -121,8 +124,10 @@ class ClusterBackend(SupervisedBackend):
         return not conns
 
     async def join(
-        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0
+        self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0,
+        token: str = "",
     ) -> list[str]:
+        """`token` is not kept: a cluster is not `resumable` (see the class)."""
         owner, steps = self._owner(conn), self._steps
         self._hold(room, peer, conn)
         try:

@@ -26,6 +26,14 @@ class Keys:
         """Hash peer id -> `node/conn` of the connection that owns the membership."""
         return f"{self.prefix}room:{{{room}}}:conns"
 
+    def room_resume(self, room: str) -> str:
+        """Hash peer id -> SHA-256 (hex) of its newest resume token."""
+        return f"{self.prefix}room:{{{room}}}:resume"
+
+    def backlog(self, room: str, peer: str) -> str:
+        """List of frames kept for `peer` while its connection is away (resume)."""
+        return f"{self.prefix}room:{{{room}}}:backlog:{peer}"
+
     def room_channel(self, room: str) -> str:
         """Pub/sub channel carrying msgpack envelopes for `room`."""
         return f"{self.prefix}room:{{{room}}}"
@@ -33,6 +41,19 @@ class Keys:
     def node(self, node: str) -> str:
         """Liveness key of a node, refreshed with a TTL while the node runs."""
         return f"{self.prefix}node:{{{node}}}"
+
+    def node_seen(self, node: str) -> str:
+        """When `node` last refreshed its liveness key (Unix seconds): a dead node's grace
+        for resume counts from there. Expires by itself after the grace."""
+        return f"{self.prefix}node:{{{node}}}:seen"
+
+    def node_channel(self, node: str) -> str:
+        """Pub/sub channel `node` listens on while it runs: a resume asks it to hand over."""
+        return f"{self.prefix}node:{{{node}}}:alive"
+
+    def node_channel_parts(self) -> tuple[str, str]:
+        """`node_channel` split around the node id, for the script that builds it."""
+        return f"{self.prefix}node:{{", "}:alive"
 
     def node_peers(self, node: str) -> str:
         """Set of `room/peer` memberships owned by connections on `node` (for the reaper)."""

@@ -16,6 +16,7 @@ finishes the same work in crash-safe steps. SCAN runs on every master of a clust
 from __future__ import annotations
 
 import re
+import time
 from abc import ABC, abstractmethod
 
 import structlog
@@ -31,10 +32,13 @@ log = structlog.get_logger("reaper")
 
 
 class Reaper(ABC):
-    def __init__(self, client: AnyRedis, keys: Keys, events_maxlen: int = 0) -> None:
+    def __init__(self, client: AnyRedis, keys: Keys, events_maxlen: int = 0,
+                 grace: float = 0.0) -> None:
         self._client = client
         self._keys = keys
         self._events_maxlen = events_maxlen
+        self._grace = grace  # RESUME_SECONDS: a dead node's peers wait this long (§6)
+        self.next_due: float | None = None  # when the soonest grace seen last sweep ends
         head, tail = keys.node_peers_parts()
         self._index = re.compile(re.escape(head) + r"(.+)" + re.escape(tail))
 
@@ -50,13 +54,31 @@ class Reaper(ABC):
         """One pass: reap every node whose index outlived its liveness key (not `skip`,
         the sweeping node itself: its own key may be missing only while it repairs)."""
         reaped = 0
+        self.next_due = None
         async for raw in self._client.scan_iter(match=self._keys.node_peers("*"), count=1000):
             match = self._index.fullmatch(text(raw))
             if match is None or not is_valid_id(node := match.group(1)) or node == skip:
                 continue
-            if not await self._client.exists(self._keys.node(node)):
-                reaped += await self.reap(node)
+            if await self._client.exists(self._keys.node(node)):
+                continue
+            due = await self._grace_ends(node)
+            if due is not None and due > time.time():
+                self.next_due = due if self.next_due is None else min(self.next_due, due)
+                continue
+            reaped += await self.reap(node)
+            await self._client.delete(self._keys.node_seen(node))
         return reaped
+
+    async def _grace_ends(self, node: str) -> float | None:
+        """A dead node's peers may resume until RESUME_SECONDS after its last heartbeat
+        (its `seen` key; gone once that is long past)."""
+        if self._grace <= 0:
+            return None
+        seen = text(await self._client.get(self._keys.node_seen(node)))
+        try:
+            return float(seen) + self._grace
+        except ValueError:
+            return None
 
     async def reap(self, node: str) -> int:
         """Remove and announce every membership `node` still owns; returns how many."""
@@ -76,8 +98,9 @@ class Reaper(ABC):
 class AtomicReaper(Reaper):
     """One Redis: the LEAVE script removes, unlists, unindexes and announces at once."""
 
-    def __init__(self, client: Redis, keys: Keys, events_maxlen: int = 0) -> None:
-        super().__init__(client, keys, events_maxlen)
+    def __init__(self, client: Redis, keys: Keys, events_maxlen: int = 0,
+                 grace: float = 0.0) -> None:
+        super().__init__(client, keys, events_maxlen, grace)
         self._redis = client
 
     async def load_scripts(self) -> None:
@@ -93,11 +116,11 @@ class AtomicReaper(Reaper):
                     pipe.srem(k.node_peers(node), f"{room}/{peer}")  # no longer this node's
                     continue
                 # only while the node is still dead: it may be back, re-creating this
-                pipe.evalsha(scripts.LEAVE.sha, 6, k.room_peers(room), k.room_conns(room),
-                             k.rooms, k.node_peers(node), k.events, k.node(node), room, peer,
-                             owner, k.room_channel(room),
+                pipe.evalsha(scripts.LEAVE.sha, 7, k.room_peers(room), k.room_conns(room),
+                             k.rooms, k.node_peers(node), k.events, k.room_resume(room),
+                             k.node(node), room, peer, owner, k.room_channel(room),
                              envelope.leave(node, peer, owner.removeprefix(f"{node}/")), 0,
-                             self._events_maxlen, 1)
+                             self._events_maxlen, 1, k.backlog(room, peer))
             results = await pipe.execute()
         return sum(1 for leave, r in zip(leaves, results, strict=True) if leave and r == 1)
 

@@ -36,11 +36,13 @@ local function event(maxlen, kind, room, peer, owner)
 end
 """
 
-# KEYS: room peers set, room conns hash, rooms set, this node's peers set, events stream
+# KEYS: room peers set, room conns hash, rooms set, this node's peers set, events stream,
+#       room resume hash
 # ARGV: room, peer, owner (node/conn), channel, fresh envelope, takeover envelope,
 #       limit (0: none), node-peers key prefix, node-peers key suffix,
-#       events max length (0: no events)
-# Returns the members before the join (nil when the room is full).
+#       events max length (0: no events), resume token digest ('': none), backlog key
+# Returns the members before the join (nil when the room is full). A takeover ends any
+# backlog the older connection had: the new one starts afresh.
 JOIN = Script(
     "join",
     _EVENT + """
@@ -58,6 +60,9 @@ redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], membership)
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[6], ARGV[2], ARGV[11])
+else redis.call('HDEL', KEYS[6], ARGV[2]) end
+redis.call('DEL', ARGV[12])
 if present then
   redis.call('PUBLISH', ARGV[4], ARGV[6])
 else
@@ -72,22 +77,26 @@ return members
 """,
 )
 
-# KEYS: room peers set, room conns hash, rooms set, the owner node's peers set, events stream
+# KEYS: room peers set, room conns hash, rooms set, the owner node's peers set, events stream,
+#       room resume hash, the owner node's liveness key
 # ARGV: room, peer, owner (node/conn), channel, leave envelope, announce if absent (0/1),
-#       events max length (0: no events)
-# The reaper adds KEYS[6], the owner node's liveness key, and ARGV[8] = 1: then nothing
-# happens if that node is alive again (it may be re-creating this very membership).
+#       events max length (0: no events), reaping (0/1), backlog key
+# With ARGV[8] = 1 (the reaper) nothing happens if the owner node is alive again (it may be
+# re-creating this very membership). A removed membership takes its resume token and
+# backlog with it.
 # Returns 1 if the leave was published: `owner` owned the membership (now removed), or
 # nobody owns it and ARGV[6] is 1. Returns 0 if another connection owns it.
 LEAVE = Script(
     "leave",
     _EVENT + """
-if ARGV[8] == '1' and redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
+if ARGV[8] == '1' and redis.call('EXISTS', KEYS[7]) == 1 then return 0 end
 local current = redis.call('HGET', KEYS[2], ARGV[2])
 local removed = current == ARGV[3]
 if removed then
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('SREM', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[6], ARGV[2])
+  redis.call('DEL', ARGV[9])
 elseif current or ARGV[6] ~= '1' then
   return 0
 end
@@ -104,7 +113,8 @@ return 1
 """,
 )
 
-# KEYS: room peers set, room conns hash, rooms set, this node's peers set, events stream
+# KEYS: room peers set, room conns hash, rooms set, this node's peers set, events stream,
+#       room resume hash (unused)
 # ARGV: room, peer, owner (node/conn), channel, join envelope, events max length
 # After an outage: re-create the membership if nobody owns it ('added', published),
 # keep it if `owner` still does ('kept'), or report that another connection took it.
@@ -152,7 +162,53 @@ return n
 """,
 )
 
-ALL = (JOIN, LEAVE, REJOIN, SYNC)
+# KEYS: room peers set, room conns hash, rooms set, this node's peers set, events stream,
+#       room resume hash
+# ARGV: room, peer, new owner (node/conn), channel, token digest, new token digest,
+#       resume envelope, node-peers key prefix, node-peers key suffix, node channel prefix,
+#       node channel suffix
+# Contract §6: if the membership exists and holds this token digest, the new connection
+# owns it (the node index moves with it), the new digest replaces the old, and the resume
+# envelope is published; the old owner's node channel is asked whether it still listens.
+# Returns {old owner node, listeners of its channel, members} or nil.
+RESUME = Script(
+    "resume",
+    """
+local current = redis.call('HGET', KEYS[2], ARGV[2])
+if not current or redis.call('HGET', KEYS[6], ARGV[2]) ~= ARGV[5] then return false end
+local node = string.match(current, '^(.*)/[^/]*$') or ''
+local membership = ARGV[1] .. '/' .. ARGV[2]
+redis.call('SREM', ARGV[8] .. node .. ARGV[9], membership)
+redis.call('SADD', KEYS[4], membership)
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[6], ARGV[2], ARGV[6])
+redis.call('PUBLISH', ARGV[4], ARGV[7])
+local listening = redis.call('PUBLISH', ARGV[10] .. node .. ARGV[11], ARGV[2])
+return {node, listening, redis.call('SMEMBERS', KEYS[1])}
+""",
+)
+
+# KEYS: backlog list; ARGV: expiry (ms), frames...
+STASH = Script(
+    "stash",
+    """
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+""",
+)
+
+# KEYS: backlog list. Returns its frames, and deletes it.
+TAKE = Script(
+    "take",
+    """
+local frames = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return frames
+""",
+)
+
+ALL = (JOIN, LEAVE, REJOIN, SYNC, RESUME, STASH, TAKE)
 
 
 async def load_all(client: Redis) -> None:

@@ -45,7 +45,7 @@ FAILURES = (RedisError, RedisClusterException, BackendUnavailable, *LOST)
 
 class SupervisedBackend(Backend):
     def __init__(self, plain: AnyRedis, node_id: str, keys: Keys, node_ttl: float,
-                 reaper: Reaper) -> None:
+                 reaper: Reaper, grace: float = 0.0) -> None:
         self.node_id = node_id
         self.keys = keys
         self.directory = RedisDirectory(plain, keys)
@@ -55,6 +55,7 @@ class SupervisedBackend(Backend):
         # Dead nodes are found within NODE_TTL (their key expires) plus one sweep.
         self._sweep_every = node_ttl / 2
         self._reaper = reaper
+        self._grace = grace  # RESUME_SECONDS: a dead node's peers may still resume
         self._channels: dict[bytes, str] = {}
         self._events: BackendEvents | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,6 +102,8 @@ class SupervisedBackend(Backend):
         with contextlib.suppress(*FAILURES):
             async with asyncio.timeout(2):
                 await self._plain.delete(self.keys.node(self.node_id))
+                if not await self._plain.exists(self.keys.node_peers(self.node_id)):
+                    await self._plain.delete(self.keys.node_seen(self.node_id))
         await self._close()
 
     @property
@@ -198,14 +201,18 @@ class SupervisedBackend(Backend):
     async def _sweep(self) -> None:
         """Reap dead nodes, as `workers.reaper` would: every node does, so a cluster needs
         no extra process; the scripts make sure each lost peer is announced once."""
+        delay = self._sweep_every
         while True:
-            await asyncio.sleep(self._sweep_every * random.uniform(0.8, 1.2))
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = self._sweep_every
             if not self._up:
                 continue
             try:
                 await self._reaper.sweep(skip=self.node_id)
             except FAILURES as exc:
                 log.warning("sweep for dead nodes failed", error=repr(exc))
+            if self._reaper.next_due is not None:  # a grace ends sooner: sweep right then
+                delay = min(delay, max(0.05, self._reaper.next_due - time.time()) + 0.1)
 
     async def _beat(self, claim: bool) -> bool:
         """Refresh the liveness key; without `claim`, only if it still exists."""
@@ -214,6 +221,9 @@ class SupervisedBackend(Backend):
         async with asyncio.timeout(max(0.5, self._beat_every)):
             done = await self._plain.set(self.keys.node(self.node_id), orjson.dumps(info),
                                          px=int(self._node_ttl * 1000), xx=not claim)
+            if done and self._grace > 0:  # where a sweeper counts this node's grace from
+                await self._plain.set(self.keys.node_seen(self.node_id), str(time.time()),
+                                      px=int((self._node_ttl + self._grace + 5) * 1000))
         return bool(done)
 
     # -- pub/sub and the node index --------------------------------------------------------

@@ -124,7 +124,13 @@ function wire(demo, signaling, mesh) {
     demo.welcomes += 1;
     $("#node").textContent = demo.node;
     document.body.dataset.node = demo.node;
-    mesh.reset(detail.data.peer, detail.data.peers, detail.data.iceServers ?? defaultIceServers());
+    if (detail.data.resumed && mesh.me === detail.data.peer) {
+      demo.resumes += 1;
+      mesh.keep(detail.data.peers);
+    } else {
+      mesh.reset(detail.data.peer, detail.data.peers,
+                 detail.data.iceServers ?? defaultIceServers());
+    }
   });
   signaling.addEventListener("new-peer", ({ detail }) => mesh.add(detail.data));
   signaling.addEventListener("peer-left", ({ detail }) => mesh.drop(detail.data));
@@ -163,7 +169,7 @@ async function main() {
   const token = new URL(location.href).searchParams.get("token");
   const peer = peerFromUrl(token);
   const demo = { room, peer, node: null, pageNode: pageNode(), status: "starting",
-                 welcomes: 0, closes: [], chat: [] };
+                 welcomes: 0, resumes: 0, closes: [], chat: [] };
   window.demo = demo;
   $("#room").textContent = room;
   $("#me").textContent = peer;

@@ -156,6 +156,13 @@ export class Mesh extends EventTarget {
     for (const peer of peers) this.add(peer);
   }
 
+  // A resumed session: nobody saw us leave, so every call goes on. Only links to peers
+  // that are gone now are dropped; what happened meanwhile follows as frames.
+  keep(peers) {
+    const present = new Set(peers);
+    for (const peer of [...this.links.keys()]) if (!present.has(peer)) this.drop(peer);
+  }
+
   add(peer) {
     this.drop(peer);  // the same peer id again: a reconnect or a reload
     const send = (type, to, data) => this.signaling.send(type, to, data);

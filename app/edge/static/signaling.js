@@ -9,6 +9,9 @@
 // room sees the same peer come back. Never after 4001 (this peer id connected again, in
 // another tab: the newer one wins and we must not fight it), 4002 (kicked), 4003 (room
 // closed by an operator) or 4004 (the token expired: the same token cannot get back in).
+// Each reconnect sends the newest welcome's resume token (`?resume=`): if the node still
+// holds the session, its welcome says `resumed: true`, what was sent to us meanwhile
+// follows, and the room saw nothing (the calls go on); otherwise it is a fresh join.
 
 const FINAL_CODES = new Map([
   [4001, "this peer id connected again elsewhere (another tab?)"],
@@ -34,6 +37,7 @@ export class Signaling extends EventTarget {
     this.attempt = 0;
     this.stopped = false;
     this.timers = new Set();
+    this.resumeToken = null;  // from the newest welcome
     addEventListener("online", () => this.#retryNow());
   }
 
@@ -42,6 +46,7 @@ export class Signaling extends EventTarget {
                         this.base);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     if (this.token) url.searchParams.set("token", this.token);
+    if (this.resumeToken) url.searchParams.set("resume", this.resumeToken);
     return url.href;
   }
 
@@ -55,7 +60,11 @@ export class Signaling extends EventTarget {
       lastSeen = Date.now();
       let frame;
       try { frame = JSON.parse(msg.data); } catch { return; }
-      if (frame.type === "welcome") { this.attempt = 0; this.#status("open"); }
+      if (frame.type === "welcome") {
+        this.attempt = 0;
+        this.resumeToken = frame.data?.resume ?? null;
+        this.#status("open");
+      }
       this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));
     };
     const done = (code, reason) => {
@@ -87,6 +96,7 @@ export class Signaling extends EventTarget {
   // Close for good (leaving the page): no reconnect.
   stop() {
     this.stopped = true;
+    this.resumeToken = null;
     for (const t of this.timers) clearTimeout(t);
     this.ws?.close(1000, "bye");
   }

@@ -1,0 +1,311 @@
+"""Session resume (contract §6) with real node processes on a real redis-server.
+
+A connection that is lost (TCP cut, no close frame) is held for RESUME_SECONDS: nobody is
+told, what is sent to it is kept, and `?resume=TOKEN` on any node goes on with the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from signaling_client.client import Closed, SignalingClient
+from signaling_client.events import Frame, NewPeer, Offer, PeerLeft, ServerError, Welcome
+from signaling_client.reconnect import Backoff, NotConnected, ReconnectingClient
+
+from tests.support.cluster import unique
+from tests.support.http import scrape
+from tests.support.peers import barrier, close_all, connect, summary
+from tests.support.procs import NodeProcess, RedisServer
+from tests.support.wait import eventually, wait_until
+
+GRACE = 3.0
+BACKLOG = 100
+
+
+def resume_nodes(redis: RedisServer, count: int, **env: str) -> list[NodeProcess]:
+    prefix = unique("res") + ":"
+    nodes = [NodeProcess({"REDIS_URL": redis.url, "NODE_ID": unique(f"r{i}"),
+                          "KEY_PREFIX": prefix, "RESUME_SECONDS": str(GRACE),
+                          "RESUME_BACKLOG": str(BACKLOG), "NODE_TTL_SECONDS": "2", **env})
+             for i in range(count)]
+    for node in nodes:
+        node.start(wait_ready=False)
+    for node in nodes:
+        wait_until(node.is_ready, 15, f"node {node.url}")
+    return nodes
+
+
+@pytest.fixture(scope="module")
+def pair(redis_server: RedisServer) -> Iterator[list[NodeProcess]]:
+    nodes = resume_nodes(redis_server, 2)
+    yield nodes
+    for node in nodes:
+        node.close()
+
+
+def drop(client: SignalingClient) -> None:
+    """Cut the client's TCP connection: no close frame, as when a network goes away."""
+    conn = client.ws._conn  # there is no public way to lose a connection
+    assert conn is not None and conn.transport is not None
+    conn.transport.abort()
+
+
+async def held(node: NodeProcess, count: int) -> None:
+    async def check() -> bool:
+        return (await scrape(node.url)).get("signaling_held_sessions") == count
+    await eventually(check, 5, f"{count} held sessions on {node.url}")
+
+
+async def gone(client: SignalingClient) -> None:
+    """The dropped client object notices its end; its HTTP session is closed."""
+    with pytest.raises((Closed, TimeoutError)):
+        while True:
+            await client.recv(timeout=5)
+    await client.close()
+
+
+def relays(frames: list[Frame]) -> list[tuple[str, object]]:
+    return [(f.type, f.data) for f in frames if f.type in ("offer", "chat")]
+
+
+@pytest.mark.parametrize("where", ["same-node", "other-node"])
+async def test_a_blip_loses_nothing_and_nobody_is_told(pair: list[NodeProcess],
+                                                       where: str) -> None:
+    room = unique("blip")
+    a = await connect(pair[0].url, room, "a")
+    watcher = await connect(pair[0].url, room, "w")
+    b = await connect(pair[1].url, room, "b")
+    token = b.resume_token
+    assert token and len(token) >= 22 and b.welcome.data["resumed"] is False
+    await a.next_of("new-peer")
+    await watcher.next_of("new-peer")
+    drop(b)
+    await gone(b)
+    await held(pair[1], 1)
+    sent: list[tuple[str, object]] = []
+    for i in range(50):  # 50 offers and 20 chats while b is away, mixed
+        await a.offer("b", {"n": i})
+        sent.append(("offer", {"n": i}))
+        if i % 5 == 4:
+            await a.chat(f"c{i}")
+            sent.append(("chat", f"c{i}"))
+    await a.ping()
+    await a.next_of("pong")  # a's frames are in Redis's order before the resume
+    target = pair[1] if where == "same-node" else pair[0]
+    b2 = await connect(target.url, room, "b", resume=token)
+    assert b2.resumed and b2.resume_token not in (None, token)
+    assert sorted(b2.peers) == ["a", "w"]
+    await a.offer("b", {"n": "live"})
+    got = [await b2.recv() for _ in range(len(sent) + 1)]
+    assert relays(got) == [*sent, ("offer", {"n": "live"})]  # in order, none twice
+    await b2.offer("a", "back")  # it knows a (handed over), so it may send to it
+    assert (await a.next_of("offer")).data == "back"
+    seen = await barrier([a, watcher, b2], via=a)
+    for client in (a, watcher, b2):
+        assert not [f for f in seen[client] if f.type in ("peer-left", "new-peer")], \
+            summary(seen[client])
+    assert not [f for f in seen[b2] if f.type == "offer"]  # nothing came twice
+    await held(pair[1], 0)
+    await close_all(a, watcher, b2)
+
+
+async def test_a_stale_or_wrong_token_is_an_ordinary_join(pair: list[NodeProcess]) -> None:
+    room = unique("stale")
+    a = await connect(pair[0].url, room, "a")
+    b = await connect(pair[1].url, room, "b")
+    first = b.resume_token
+    await a.next_of("new-peer")
+    drop(b)
+    await gone(b)
+    b = await connect(pair[0].url, room, "b", resume=first)
+    assert b.resumed  # the newest token: it resumes, and gets a new one
+    drop(b)
+    await gone(b)
+    for token in (first, "x" * 22):  # the old one is stale now; the other never was
+        b = await connect(pair[1].url, room, "b", resume=token)
+        assert not b.resumed and b.welcome.data["resumed"] is False
+        # the old membership existed: renegotiate, as for a takeover
+        assert summary([await a.recv(), await a.recv()]) == [("peer-left", "b"),
+                                                            ("new-peer", "b")]
+        drop(b)
+        await gone(b)
+    await close_all(a)
+
+
+async def test_an_unresumed_session_is_announced_within_the_grace(
+        pair: list[NodeProcess]) -> None:
+    room = unique("expire")
+    a = await connect(pair[0].url, room, "a")
+    b = await connect(pair[1].url, room, "b")
+    token = b.resume_token
+    await a.next_of("new-peer")
+    drop(b)
+    lost = time.monotonic()
+    await gone(b)
+    left = await a.next_of("peer-left", timeout=GRACE + 5)
+    waited = time.monotonic() - lost
+    assert left.data == "b"
+    assert GRACE - 0.5 <= waited <= GRACE + 2, waited
+    b = await connect(pair[0].url, room, "b", resume=token)  # too late: a fresh join
+    assert not b.resumed
+    assert (await a.next_of("new-peer")).data == "b"
+    await close_all(a, b)
+
+
+async def test_an_overflowing_backlog_ends_the_session(pair: list[NodeProcess]) -> None:
+    room = unique("overflow")
+    a = await connect(pair[0].url, room, "a")
+    b = await connect(pair[1].url, room, "b")
+    token = b.resume_token
+    await a.next_of("new-peer")
+    drop(b)
+    await gone(b)
+    await held(pair[1], 1)
+    for i in range(BACKLOG + 1):
+        await a.offer("b", i)
+    assert (await a.next_of("peer-left")).data == "b"  # at once, not after the grace
+    b = await connect(pair[1].url, room, "b", resume=token)
+    assert not b.resumed
+    await close_all(a, b)
+
+
+async def test_a_client_that_closes_leaves_at_once(pair: list[NodeProcess]) -> None:
+    room = unique("bye")
+    a = await connect(pair[0].url, room, "a")
+    b = await connect(pair[1].url, room, "b")
+    await a.next_of("new-peer")
+    started = time.monotonic()
+    await b.close()  # its own close frame: a departure, not a blip
+    assert (await a.next_of("peer-left")).data == "b"
+    assert time.monotonic() - started < 1
+    await close_all(a)
+
+
+@pytest.fixture
+async def trio(redis_server: RedisServer) -> AsyncIterator[list[NodeProcess]]:
+    nodes = resume_nodes(redis_server, 3, RESUME_SECONDS="4")
+    yield nodes
+    for node in nodes:
+        node.close()
+
+
+async def test_a_crashed_nodes_peers_resume_elsewhere_or_leave_after_the_grace(
+        trio: list[NodeProcess], redis_server: RedisServer) -> None:
+    """kill -9, no reaper: the nodes alone hold the dead node's peers for the grace."""
+    room = unique("crash")
+    a = await connect(trio[0].url, room, "a")
+    b = await connect(trio[1].url, room, "b")
+    x = await connect(trio[2].url, room, "x")
+    y = await connect(trio[2].url, room, "y")
+    token = x.resume_token
+    await barrier([a, b, x, y], via=y)  # every join is through
+    dead = trio[2].env["NODE_ID"]
+    trio[2].kill()
+    crashed = time.monotonic()
+    for client in (x, y):
+        with pytest.raises((Closed, TimeoutError)):
+            await client.recv(timeout=5)
+        await client.close()
+    x = await connect(trio[0].url, room, "x", resume=token)
+    assert x.resumed  # the dead node cannot hand over: what it had is what there is
+    await a.offer("x", "after")
+    await b.offer("x", "after-b")
+    assert {(await x.recv()).data, (await x.recv()).data} == {"after", "after-b"}
+    for client in (a, b):
+        left = await client.next_of("peer-left", timeout=10)
+        assert left.data == "y"
+        assert time.monotonic() - crashed <= 4 + 2 + 0.5
+    seen = await barrier([a, b, x], via=a)
+    for client in (a, b, x):
+        assert ("peer-left", "x") not in summary(seen[client])
+    keys = redis_server.cli("--scan", "--pattern", f"{trio[0].env['KEY_PREFIX']}node:{{{dead}}}*")
+    assert keys.strip() == ""
+    members = redis_server.cli("SMEMBERS", f"{trio[0].env['KEY_PREFIX']}room:{{{room}}}:peers")
+    assert sorted(members.split()) == ["a", "b", "x"]
+    await close_all(a, b, x)
+
+
+async def test_a_rolling_restart_under_relay_load_ends_no_call(trio: list[NodeProcess]) -> None:
+    """Every node restarted in turn (SIGTERM: drain, 1001, held for resume) while pairs
+    relay numbered frames; clients resume on whichever node answers."""
+    room = unique("rolling")
+    urls = [n.url for n in trio]
+    names = [f"p{i}" for i in range(6)]
+    clients = [ReconnectingClient(urls[i % 3:] + urls[:i % 3], room, name,
+                                  backoff=Backoff(first=0.05, cap=0.5))
+               for i, name in enumerate(names)]
+    received: dict[str, list[object]] = {name: [] for name in names}
+    notices: list[tuple[str, str, object]] = []
+    welcomes: dict[str, list[bool]] = {name: [] for name in names}
+
+    async def listen(client: ReconnectingClient) -> None:
+        async for event in client.events():
+            match event:
+                case Welcome(resumed=resumed):
+                    welcomes[client.peer or ""].append(resumed)
+                case Offer(sdp=data):
+                    received[client.peer or ""].append(data)
+                case NewPeer(peer=p) | PeerLeft(peer=p):
+                    notices.append((client.peer or "", type(event).__name__, p))
+                case ServerError() as error:
+                    errors.append(error)
+
+    errors: list[ServerError] = []
+    listeners = []
+    for client in clients:
+        listeners.append(asyncio.create_task(listen(client)))
+        await client.connected()
+
+    async def partners_known() -> bool:
+        return all((f"p{i}", "NewPeer", f"p{i + 1}") in notices for i in (0, 2, 4))
+    await eventually(partners_known, 5, "each sender told of its receiver")
+    sent: dict[str, int] = {}
+    stop = asyncio.Event()
+
+    async def pump(sender: ReconnectingClient, to: str) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                await sender.offer(to, n)
+            except NotConnected:
+                await sender.connected()  # resend the same number on the next connection
+                continue
+            n += 1
+            await asyncio.sleep(0.005)
+        sent[to] = n
+
+    # p0 -> p1, p2 -> p3, p4 -> p5: each pair across two nodes
+    pumps = [asyncio.create_task(pump(clients[i], names[i + 1])) for i in (0, 2, 4)]
+    try:
+        for node in trio:
+            await asyncio.to_thread(node.stop)
+            await asyncio.to_thread(node.start)
+            for client in clients:
+                await asyncio.wait_for(client.connected(), 10)
+        stop.set()
+        await asyncio.gather(*pumps)
+        for sender, to in ((clients[0], "p1"), (clients[2], "p3"), (clients[4], "p5")):
+            await sender.chat(f"end-{to}")
+        async def complete() -> bool:
+            return all(len(received[to]) >= sent[to] for to in sent)
+        await eventually(complete, 10, "every frame delivered")
+    finally:
+        for task in listeners:  # first: the clients' own closes are real departures
+            task.cancel()
+        for client in clients:
+            await client.close()
+    for to, n in sent.items():
+        assert received[to] == list(range(n)), f"{to}: lost or duplicated frames"
+        assert n > 100
+    assert [n for n in notices if n[1] == "PeerLeft"] == []
+    assert len(notices) == len(set(notices)) == 15  # each join announced once, no more
+    assert errors == []
+    for name in names:
+        assert welcomes[name][0] is False and all(welcomes[name][1:]), welcomes
+    moves = sum(len(w) - 1 for w in welcomes.values())
+    assert moves >= 6  # every client moved at least once
+    print(f"rolling restart of 3 nodes: {sum(sent.values())} relays in 3 pairs, "
+          f"{moves} resumes, 0 lost, 0 duplicated, 0 peer-left")
