@@ -15,7 +15,8 @@ import pytest
 from signaling_client.client import Closed, Refused, SignalingClient
 
 from tests.support.cluster import Cluster, publish_raw, unique
-from tests.support.peers import barrier, close_all, summary
+from tests.support.http import scrape
+from tests.support.peers import barrier, close_all, connect, drop, summary
 from tests.support.wait import eventually
 
 
@@ -291,4 +292,36 @@ async def test_bad_input_gets_the_contract_answer_and_the_connection_stays_usabl
     await a.ice("bob", {"after": "errors"})
     assert (await b.recv()).data == {"after": "errors"}
     assert (await barrier([a, b]))[b] == []  # b saw none of a's bad frames
+    await close_all(a, b)
+
+
+async def test_a_lost_connection_resumes_on_the_other_node_where_the_backend_keeps_backlogs(
+    cluster: Cluster, room: str
+) -> None:
+    """Contract §6 on every form: a cut connection resumes elsewhere with what it missed;
+    a Redis Cluster keeps no backlogs (RESUME_SECONDS is ignored there), so the same
+    reconnect is an ordinary join and the room sees the peer leave and come back."""
+    a = await connect(cluster.urls[0], room, "a")
+    b = await connect(cluster.urls[1], room, "b")
+    await a.next_of("new-peer")
+    token = b.resume_token
+    resumable = cluster.kind != "rediscluster"
+    assert (token is not None) is resumable
+    drop(b)
+    await b.close()
+    if resumable:
+        async def held() -> bool:
+            return (await scrape(cluster.urls[1])).get("signaling_held_sessions") == 1
+        await eventually(held, 5, "the session held")
+        for i in range(3):
+            await a.offer("b", i)
+    else:
+        assert (await a.next_of("peer-left")).data == "b"
+    b = await connect(cluster.urls[0], room, "b", resume=token)
+    assert b.resumed is resumable
+    if resumable:
+        assert [(await b.recv()).data for _ in range(3)] == [0, 1, 2]
+    seen = await barrier([a, b], via=a)
+    expected = [] if resumable else [("new-peer", "b")]
+    assert summary(seen[a]) == expected
     await close_all(a, b)

@@ -52,7 +52,9 @@ async def close_everything(rooms: dict[str, list[SignalingClient]]) -> None:
 async def test_kill_9_node_peers_announced_gone_once_within_15s(reaper: bool) -> None:
     """Without `workers.reaper` the two survivors both notice the dead node and sweep it,
     at about the same moment: each lost peer is still announced exactly once."""
-    cluster = ProcessCluster.start(nodes=3, reaper=reaper, WEBHOOK_EVENTS=1)
+    # RESUME_SECONDS 0: the §3 figure itself (resume holds the peers for the grace first;
+    # tests/test_resume.py checks that case)
+    cluster = ProcessCluster.start(nodes=3, reaper=reaper, WEBHOOK_EVENTS=1, RESUME_SECONDS=0)
     try:
         await kill_9_scenario(cluster)
     finally:

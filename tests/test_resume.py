@@ -17,7 +17,7 @@ from signaling_client.reconnect import Backoff, NotConnected, ReconnectingClient
 
 from tests.support.cluster import unique
 from tests.support.http import scrape
-from tests.support.peers import barrier, close_all, connect, summary
+from tests.support.peers import barrier, close_all, connect, drop, summary
 from tests.support.procs import NodeProcess, RedisServer
 from tests.support.wait import eventually, wait_until
 
@@ -44,13 +44,6 @@ def pair(redis_server: RedisServer) -> Iterator[list[NodeProcess]]:
     yield nodes
     for node in nodes:
         node.close()
-
-
-def drop(client: SignalingClient) -> None:
-    """Cut the client's TCP connection: no close frame, as when a network goes away."""
-    conn = client.ws._conn  # there is no public way to lose a connection
-    assert conn is not None and conn.transport is not None
-    conn.transport.abort()
 
 
 async def held(node: NodeProcess, count: int) -> None:

@@ -67,3 +67,10 @@ async def until_closed(client: SignalingClient, timeout: float = 5) -> tuple[lis
         except Closed as closed:
             assert closed.code is not None
             return frames, closed.code
+
+
+def drop(client: SignalingClient) -> None:
+    """Cut the client's TCP connection: no close frame, as when a network goes away."""
+    conn = client.ws._conn  # there is no public way to lose a connection
+    assert conn is not None and conn.transport is not None
+    conn.transport.abort()
