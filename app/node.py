@@ -59,6 +59,7 @@ def create_app(
         service = SignalingService(backend, settings.rules(), metrics,
                                    peer_factory(settings.send_queue_bytes))
         await backend.start(service)
+        service.start()
         app[SERVICE] = service
         app[SOCKETS] = sockets = Sockets(service, settings.ws_heartbeat_seconds)
         sockets.start()

@@ -39,9 +39,9 @@ class Edge(WSListener):  # type: ignore[misc]
         self.pending: list[str] = []  # frames that arrived before the join, or while busy
         self.busy: asyncio.Future[None] | None = None
         self.raw: asyncio.Transport | None = None
-        self.tasks: set[asyncio.Future[None]] = set()
+        self.tasks: set[asyncio.Future[object]] = set()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

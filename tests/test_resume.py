@@ -7,11 +7,13 @@ told, what is sent to it is kept, and `?resume=TOKEN` on any node goes on with t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import pytest
-from signaling_client.client import Closed, SignalingClient
+from signaling_client.client import Closed, Refused, SignalingClient
 from signaling_client.events import Frame, NewPeer, Offer, PeerLeft, ServerError, Welcome
 from signaling_client.reconnect import Backoff, NotConnected, ReconnectingClient
 
@@ -175,6 +177,59 @@ async def test_a_client_that_closes_leaves_at_once(pair: list[NodeProcess]) -> N
     assert (await a.next_of("peer-left")).data == "b"
     assert time.monotonic() - started < 1
     await close_all(a)
+
+
+async def test_a_node_restarted_under_its_id_ends_its_earlier_runs_sessions(
+        pair: list[NodeProcess]) -> None:
+    """kill -9 and an immediate restart with the same NODE_ID: the node is alive, so no
+    sweep takes its old memberships; it ends them itself once their grace is over."""
+    room = unique("restart")
+    a = await connect(pair[0].url, room, "a")
+    b = await connect(pair[1].url, room, "b")
+    await a.next_of("new-peer")
+    pair[1].kill()
+    killed = time.monotonic()
+    await gone(b)
+    await asyncio.to_thread(pair[1].start)
+    left = await a.next_of("peer-left", timeout=GRACE + 10)
+    assert left.data == "b"
+    assert time.monotonic() - killed <= GRACE + 2 + 1.5  # + the restart itself
+    await close_all(a)
+
+
+async def test_held_sessions_count_against_the_clients_connection_limit(
+        redis_server: RedisServer) -> None:
+    """Dropping connections in a loop cannot pile up held sessions: each keeps its slot
+    (MAX_CONNS_PER_IP) until it resumes or ends."""
+    node = resume_nodes(redis_server, 1, MAX_CONNS_PER_IP="2", RESUME_SECONDS="2")[0]
+    try:
+        room = unique("slots")
+        for name in ("p1", "p2"):
+            client = await connect(node.url, room, name)
+            drop(client)
+            await gone(client)
+        # (no scrape of /metrics to wait on: its connection would count against the cap)
+        async def refused() -> bool:
+            try:
+                await close_all(await connect(node.url, room, "p3"))  # not noticed yet
+            except Refused as exc:
+                assert exc.status == 429
+                return True
+            except (aiohttp.ClientError, OSError):
+                return True  # at its cap, the client address is cut at accept
+            return False
+        await eventually(refused, 5, "the held sessions to keep their slots")
+        members = redis_server.cli("SMEMBERS", f"{node.env['KEY_PREFIX']}room:{{{room}}}:peers")
+        assert sorted(members.split()) == ["p1", "p2"]
+
+        async def admitted() -> bool:  # the grace is over: both announced, slots given back
+            with contextlib.suppress(Refused, aiohttp.ClientError, OSError):
+                await close_all(await connect(node.url, room, "p3"))
+                return True
+            return False
+        await eventually(admitted, 2 + 3, "the slots back after the grace")
+    finally:
+        node.close()
 
 
 @pytest.fixture

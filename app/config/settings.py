@@ -154,6 +154,7 @@ class Settings:
             ice=IceServers(self.ice_stun_urls, self.turn_urls, self.turn_secret,
                            self.turn_ttl_seconds),
             resume_seconds=self.resume_seconds, resume_backlog=self.resume_backlog,
+            resume_backlog_bytes=self.send_queue_bytes,
         )
 
     def check(self) -> None:

@@ -5,12 +5,13 @@ and `peer-left`, each once), but what it hears goes to its backlog in the backen
 by one task at a time so the order holds. It ends in one of three ways, all decided by
 the service (`app/core/service.py`): the resume envelope came (the writer finishes, then
 publishes `handed`), RESUME_SECONDS passed, or it heard more than RESUME_BACKLOG frames
-(both announced as a leave).
+or more bytes than its resume could deliver (both announced as a leave).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from app.core.member import Member
@@ -27,15 +28,21 @@ class Keeper(Protocol):
 
 
 class Held(Member):
-    __slots__ = ("_keeper", "_limit", "count", "ended", "handing_to", "pending", "timer",
-                 "writer")
+    __slots__ = ("_keeper", "_limit", "_max_bytes", "bytes", "count", "ended", "handing_to",
+                 "pending", "release", "timer", "writer")
 
-    def __init__(self, old: Member, limit: int, keeper: Keeper) -> None:
+    def __init__(self, old: Member, limit: int, max_bytes: int, keeper: Keeper) -> None:
         super().__init__(old.room, old.id, old.conn, old.rate)
         self.perms = old.perms
         self.known = old.known
         self._keeper = keeper
         self._limit = limit
+        self._max_bytes = max_bytes
+        self.bytes = 0
+        # Gives back the client's connection slot (MAX_CONNS_PER_IP) once the hold is over:
+        # a session held for resume still counts, so dropping connections in a loop
+        # cannot pile up held sessions.
+        self.release: Callable[[], None] | None = None
         self.pending: list[bytes] = []  # heard, not yet handed to the backend
         self.count = 0  # frames heard since the connection ended
         self.ended = False
@@ -47,7 +54,8 @@ class Held(Member):
         if self.ended or self.handing_to is not None:
             return
         self.count += 1
-        if self.count > self._limit:  # its backlog would overflow: an ordinary leave
+        self.bytes += len(frame)
+        if self.count > self._limit or self.bytes > self._max_bytes:  # it would overflow
             self._keeper.end_hold(self, announce=True)
             return
         self.pending.append(frame)

@@ -37,3 +37,4 @@ class Rules:
     ice: IceServers = field(default_factory=IceServers)
     resume_seconds: float = 0.0  # 0: a lost connection leaves at once (§6 off)
     resume_backlog: int = 512  # frames kept for a held session
+    resume_backlog_bytes: int = 1048576  # and bytes (SEND_QUEUE_BYTES: what a resume sends)

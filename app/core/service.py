@@ -176,18 +176,17 @@ class SignalingService:
                  backlog=len(backlog), handed=known is not None)
         return peer
 
-    async def leave(self, peer: Member) -> None:
+    async def leave(self, peer: Member) -> Held | None:
         """Remove a peer whose connection is over; announce it unless it was replaced.
 
-        A connection that may resume is held instead (nobody is told)."""
+        A connection that may resume is held instead (nobody is told): returns the hold."""
         local = self.rooms.get(peer.room)
         if local is None:
-            return
+            return None
         if (self.resume_seconds and peer.resumable and not peer.replaced
                 and peer.known is not None and self.backend.ready
                 and local.conns.get(peer.conn) is peer):
-            self._hold(local, peer)
-            return
+            return self._hold(local, peer)
         if local.active.get(peer.id) is peer:
             del local.active[peer.id]
         if peer.overflowed:
@@ -200,6 +199,7 @@ class SignalingService:
         finally:
             await self._drop_local(local, peer)
         log.debug("peer left", room=peer.room, peer=peer.id, conn=peer.conn)
+        return None
 
     async def _announce_leave(self, local: LocalRoom, peer: Member) -> None:
         left = envelope.leave(self.node_id, peer.id, peer.conn)
@@ -214,8 +214,8 @@ class SignalingService:
 
     # -- holding a session for resume (contract §6) ---------------------------------------
 
-    def _hold(self, local: LocalRoom, peer: Member) -> None:
-        held = Held(peer, self.rules.resume_backlog, self)
+    def _hold(self, local: LocalRoom, peer: Member) -> Held:
+        held = self._new_held(peer)
         local.conns[held.conn] = held
         if local.active.get(peer.id) is peer:
             local.active[peer.id] = held
@@ -225,6 +225,10 @@ class SignalingService:
         for frame in peer.unsent():
             held.send(frame)
         log.debug("peer held for resume", room=peer.room, peer=peer.id, conn=peer.conn)
+        return held
+
+    def _new_held(self, old: Member) -> Held:
+        return Held(old, self.rules.resume_backlog, self.rules.resume_backlog_bytes, self)
 
     def write_backlog(self, held: Held) -> None:
         if held.writer is None:
@@ -287,13 +291,16 @@ class SignalingService:
         if held.timer is not None:
             held.timer.cancel()
             held.timer = None
+        release, held.release = held.release, None
+        if release is not None:
+            release()
 
     def _hand_over(self, local: LocalRoom, old: Member, conn: str) -> None:
         """The session moved to `conn`: finish `old`'s backlog, then publish `handed`."""
         if isinstance(old, Held):
             held = old
         else:  # still connected here (its client noticed the loss first): take it over
-            held = Held(old, self.rules.resume_backlog, self)
+            held = self._new_held(old)
             old.replaced = True
             for frame in old.unsent():
                 held.send(frame)
@@ -310,6 +317,32 @@ class SignalingService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def start(self) -> None:
+        """Once the backend is up: end what an earlier run of this node left behind."""
+        self._spawn(self._end_leftovers(), "leftovers")
+
+    async def _end_leftovers(self) -> None:
+        """Memberships filed under this node id at start belong to an earlier run of it
+        (a restart, or a crash and a quick restart, with the same NODE_ID): no sweep takes
+        them while this node lives, so it does, once their resume grace is over. A session
+        resumed elsewhere meanwhile has another owner, and is left alone."""
+        if not self.backend.ready:
+            return  # the repair after the reconnect removes them
+        try:
+            leftovers = await self.backend.memberships()
+        except Exception as exc:  # the backend's own errors: it was lost meanwhile
+            log.warning("could not read this node's earlier memberships", error=repr(exc))
+            return
+        if not leftovers:
+            return
+        log.info("memberships of an earlier run of this node", count=len(leftovers))
+        await asyncio.sleep(self.resume_seconds)
+        for room, peer, conn in leftovers:
+            owner = conn or "gone"
+            with contextlib.suppress(BackendUnavailable):
+                await self.backend.leave(room, peer, owner,
+                                         envelope.leave(self.node_id, peer, owner))
 
     def held(self) -> int:
         """Sessions held for resume on this node right now."""

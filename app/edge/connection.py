@@ -262,13 +262,17 @@ class Sockets:
         task.add_done_callback(self._leaving.discard)
 
     async def _leave(self, conn: Connection, busy: asyncio.Future[None] | None) -> None:
+        held = None
         try:
             if busy is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await busy
-            await self._service.leave(conn.peer)
+            held = await self._service.leave(conn.peer)
         finally:
-            conn.release()
+            if held is not None and not held.ended:
+                held.release = conn.release  # the slot is the held session's until it ends
+            else:
+                conn.release()
 
     def _sweep(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep)
