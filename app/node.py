@@ -68,8 +68,7 @@ def create_app(
         yield
         await sockets.close()
         service.repair.close()
-        service.close()
-        await backend.stop()
+        await backend.stop(held_since=service.close())
         log.info("node stopped", node=settings.node_id)
 
     async def close_peers(app: web.Application) -> None:

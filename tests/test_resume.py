@@ -144,6 +144,7 @@ async def test_an_unresumed_session_is_announced_within_the_grace(
     waited = time.monotonic() - lost
     assert left.data == "b"
     assert GRACE - 0.5 <= waited <= GRACE + 2, waited
+    print(f"lost connection to peer-left, RESUME_SECONDS={GRACE}: {waited:.2f}s")
     b = await connect(pair[0].url, room, "b", resume=token)  # too late: a fresh join
     assert not b.resumed
     assert (await a.next_of("new-peer")).data == "b"
@@ -195,6 +196,38 @@ async def test_a_node_restarted_under_its_id_ends_its_earlier_runs_sessions(
     assert left.data == "b"
     assert time.monotonic() - killed <= GRACE + 2 + 1.5  # + the restart itself
     await close_all(a)
+
+
+async def test_a_drain_keeps_sessions_held_that_do_not_come_back_for_the_grace(
+        redis_server: RedisServer) -> None:
+    """A drained node's held session whose client never returns is not announced by the
+    drain; the others' sweep announces it once the grace from its loss is over (the
+    grace is longer here than the node takes to stop)."""
+    grace = 6.0
+    nodes = resume_nodes(redis_server, 2, RESUME_SECONDS=str(grace))
+    try:
+        room = unique("drain")
+        a = await connect(nodes[0].url, room, "a")
+        b = await connect(nodes[1].url, room, "b")
+        await a.next_of("new-peer")
+        drop(b)
+        lost = time.monotonic()
+        await gone(b)
+        await held(nodes[1], 1)
+        await asyncio.to_thread(nodes[1].stop)
+        assert time.monotonic() - lost < 0.2 + 5  # DRAIN_SECONDS + 5
+        await a.ping()
+        before = []
+        while (frame := await a.recv()).type != "pong":
+            before.append(frame)
+        assert summary(before) == []  # the drain announced nothing
+        left = await a.next_of("peer-left", timeout=grace + 5)
+        took = time.monotonic() - lost
+        assert left.data == "b" and grace - 1 <= took <= grace + 2, took
+        await close_all(a)
+    finally:
+        for node in nodes:
+            node.close()
 
 
 async def test_held_sessions_count_against_the_clients_connection_limit(
@@ -265,7 +298,10 @@ async def test_a_crashed_nodes_peers_resume_elsewhere_or_leave_after_the_grace(
     for client in (a, b):
         left = await client.next_of("peer-left", timeout=10)
         assert left.data == "y"
-        assert time.monotonic() - crashed <= 4 + 2 + 0.5
+        took = time.monotonic() - crashed
+        assert took <= 4 + 2, took
+    print(f"kill -9, no reaper, RESUME_SECONDS=4: resumed elsewhere, the other peer's "
+          f"peer-left {took:.2f}s after the crash")
     seen = await barrier([a, b, x], via=a)
     for client in (a, b, x):
         assert ("peer-left", "x") not in summary(seen[client])

@@ -94,7 +94,7 @@ class MemoryBackend(Backend):
         self.hub.nodes.add(self.node_id)
         self._reader = asyncio.create_task(self._read(events), name="memory-reader")
 
-    async def stop(self) -> None:
+    async def stop(self, held_since: float | None = None) -> None:
         self.hub.nodes.discard(self.node_id)
         for subscribers in self.hub.subscribers.values():
             subscribers.discard(self)

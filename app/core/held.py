@@ -11,6 +11,7 @@ or more bytes than its resume could deliver (both announced as a leave).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -29,7 +30,7 @@ class Keeper(Protocol):
 
 class Held(Member):
     __slots__ = ("_keeper", "_limit", "_max_bytes", "bytes", "count", "ended", "handing_to",
-                 "pending", "release", "timer", "writer")
+                 "pending", "release", "since", "timer", "writer")
 
     def __init__(self, old: Member, limit: int, max_bytes: int, keeper: Keeper) -> None:
         super().__init__(old.room, old.id, old.conn, old.rate)
@@ -37,6 +38,7 @@ class Held(Member):
         self.known = old.known
         self._keeper = keeper
         self._limit = limit
+        self.since = time.time()  # when its connection ended: its grace counts from here
         self._max_bytes = max_bytes
         self.bytes = 0
         # Gives back the client's connection slot (MAX_CONNS_PER_IP) once the hold is over:

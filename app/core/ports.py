@@ -170,8 +170,11 @@ class Backend(ABC):
         """Connect and start reporting to `events`; raises BackendUnavailable if it cannot."""
 
     @abstractmethod
-    async def stop(self) -> None:
-        """Stop reading, forget this node's liveness, and close connections."""
+    async def stop(self, held_since: float | None = None) -> None:
+        """Stop reading, forget this node's liveness, and close connections.
+
+        `held_since`: the node leaves sessions held for resume, the oldest lost at this
+        Unix time: the sweep of dead nodes counts their grace from there."""
 
     @property
     @abstractmethod

@@ -88,6 +88,7 @@ class SignalingService:
         self._held: set[Held] = set()
         self._handovers: dict[str, asyncio.Future[tuple[str, ...]]] = {}  # by resuming conn
         self._tasks: set[asyncio.Task[None]] = set()
+        self._close_by: float | None = None  # loop time the closing of all peers waits until
         if rules.resume_seconds and not backend.resumable:
             log.warning("this backend keeps no resume backlogs: RESUME_SECONDS is ignored",
                         backend=type(backend).__name__)
@@ -348,13 +349,16 @@ class SignalingService:
         """Sessions held for resume on this node right now."""
         return len(self._held)
 
-    def close(self) -> None:
+    def close(self) -> float | None:
         """At shutdown: holds still open stay in the backend (the sweep of dead nodes
-        ends them after the grace, unless they resume elsewhere first)."""
+        ends them after the grace, unless they resume elsewhere first). Returns when the
+        oldest of them was lost (None: none), for `Backend.stop`."""
+        since = min((held.since for held in self._held), default=None)
         for held in list(self._held):
             self._forget_held(held)
         for task in self._tasks:
             task.cancel()
+        return since
 
     async def _release(self, peer: Member) -> None:
         """A replaced connection owns no membership, so its leave publishes nothing; it
@@ -424,11 +428,16 @@ class SignalingService:
 
     async def close_all(self, code: int, reason: str, within: float = 4) -> None:
         """Close every local connection and wait (at most `within` seconds) until each
-        connection's end has made its peer leave."""
+        connection's end has made its peer leave. Sessions held for resume have no
+        connection: they stay held (a drain must not announce them)."""
+        loop = asyncio.get_running_loop()
+        if self._close_by is None:  # a drain, then the shutdown: one wait in all
+            self._close_by = loop.time() + within
         for peer in self.peers():
-            peer.close(code, reason)
+            if not isinstance(peer, Held):
+                peer.close(code, reason)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._no_rooms.wait(), within)
+            await asyncio.wait_for(self._no_rooms.wait(), max(0.0, self._close_by - loop.time()))
 
     async def drain(self, seconds: float, now: asyncio.Event) -> None:
         """Refuse new peers at once; after `seconds` (or when `now` is set) close the rest.

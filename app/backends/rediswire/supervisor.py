@@ -93,8 +93,8 @@ class SupervisedBackend(Backend):
         self._spawn(self._supervise(), "redis-supervisor")
         self._spawn(self._sweep(), "redis-sweeper")
 
-    async def stop(self) -> None:
-        self._up = False
+    async def stop(self, held_since: float | None = None) -> None:
+        up, self._up = self._up, False
         for task in [*self._tasks, *self._readers]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -104,6 +104,9 @@ class SupervisedBackend(Backend):
                 await self._plain.delete(self.keys.node(self.node_id))
                 if not await self._plain.exists(self.keys.node_peers(self.node_id)):
                     await self._plain.delete(self.keys.node_seen(self.node_id))
+                elif up and held_since is not None and self._grace > 0:
+                    await self._plain.set(self.keys.node_seen(self.node_id), str(held_since),
+                                          px=int((self._grace + 5) * 1000))
         await self._close()
 
     @property
