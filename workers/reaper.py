@@ -69,10 +69,9 @@ class ReaperSettings:
 
 def reaper_for(client: AnyRedis, keys: Keys, events_maxlen: int = 0,
                grace: float = 0.0) -> Reaper:
-    """The reaper for the client's form: in steps on a Redis Cluster (which keeps no resume
-    backlogs, so no grace), atomic otherwise."""
+    """The reaper for the client's form: in steps on a Redis Cluster, atomic otherwise."""
     if isinstance(client, RedisCluster):
-        return StepsReaper(client, keys, events_maxlen)
+        return StepsReaper(client, keys, events_maxlen, grace)
     return AtomicReaper(client, keys, events_maxlen, grace)
 
 

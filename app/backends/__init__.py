@@ -23,7 +23,8 @@ def create_backend(settings: Settings) -> Backend:
     target = parse_redis_url(settings.redis_url)
     if target.kind == "cluster":
         return ClusterBackend(cluster_client(target), target, settings.node_id, keys,
-                              node_ttl=settings.node_ttl_seconds, events_maxlen=events_maxlen)
+                              node_ttl=settings.node_ttl_seconds, events_maxlen=events_maxlen,
+                              grace=settings.resume_seconds)
     return RedisBackend(client_from_url(settings.redis_url), settings.node_id, keys,
                         node_ttl=settings.node_ttl_seconds, events_maxlen=events_maxlen,
                         grace=settings.resume_seconds)

@@ -83,7 +83,7 @@ class SignalingService:
         self.repair = Repair(self.rooms, backend)
         self._no_rooms = asyncio.Event()
         self._no_rooms.set()
-        # Resume is on when configured and the backend keeps backlogs (not a Redis Cluster).
+        # Resume is on when configured and the backend keeps backlogs (every one here does).
         self.resume_seconds = rules.resume_seconds if backend.resumable else 0.0
         self._held: set[Held] = set()
         self._handovers: dict[str, asyncio.Future[tuple[str, ...]]] = {}  # by resuming conn
@@ -248,6 +248,7 @@ class SignalingService:
                         self.node_id, held.id, held.handing_to, sorted(held.known or ()))))
                     held.ended = True
                     self._forget_held(held)
+                    await self._release(held)  # what a backend files per node (cluster)
                     local = self.rooms.get(held.room)
                     if local is not None:
                         await self._drop_local(local, held)

@@ -11,9 +11,11 @@ The same contract as `RedisBackend`, on the masters of a cluster:
   with a fresh slot map, resubscribe, repair memberships (`supervisor.py`).
 
 The node index (`sig:node:{N}:peers`) is written only by node N (and by the reaper once N
-is dead). A connection that lost its peer id to another node's connection drops its own
-entry when it leaves (the service calls `leave` for replaced connections too); entries of
-connections this node still holds are never dropped (`_held`).
+is dead, or by the node a session of N resumes on, which drops N's entry after taking the
+membership over: contract §6, `resume`). A connection that lost its peer id to another
+node's connection drops its own entry when it leaves (the service calls `leave` for
+replaced connections too, and for a held session it handed over); entries of connections
+this node still holds are never dropped (`_held`).
 """
 
 from __future__ import annotations
@@ -31,22 +33,22 @@ from app.backends.cluster.shards import ShardHooks, ShardSet
 from app.backends.cluster.steps import Steps, routing_key
 from app.backends.rediswire.clients import shard_client
 from app.backends.rediswire.keys import Keys
+from app.backends.rediswire.scripts import STASH, TAKE
 from app.backends.rediswire.supervisor import FAILURES, SupervisedBackend
 from app.config.redisurl import RedisTarget
 from app.core.envelope import sync_prefix
-from app.core.ports import BackendUnavailable, Rejoin, RoomFull
+from app.core.ports import BackendUnavailable, Rejoin, Resumed, RoomFull
 
 log = structlog.get_logger(__name__)
 
 
 class ClusterBackend(SupervisedBackend):
-    """Not `resumable`: per-peer backlogs and the hand-over between nodes are built for one
-    Redis; on a cluster RESUME_SECONDS is ignored and a lost connection leaves at once."""
+    resumable = True
 
     def __init__(self, cluster: RedisCluster, target: RedisTarget, node_id: str, keys: Keys,
-                 node_ttl: float = 4.0, events_maxlen: int = 0) -> None:
+                 node_ttl: float = 4.0, events_maxlen: int = 0, grace: float = 0.0) -> None:
         super().__init__(cluster, node_id, keys, node_ttl,
-                         StepsReaper(cluster, keys, events_maxlen))
+                         StepsReaper(cluster, keys, events_maxlen, grace), grace)
         self._cluster = cluster
         self._shards = ShardSet(cluster, ShardHooks(
             client=lambda host, port: shard_client(host, port, target), spawn=self._spawn,
@@ -55,6 +57,9 @@ class ClusterBackend(SupervisedBackend):
         self._steps = Steps(self._run, keys, events_maxlen)
         # (room, peer) -> conns of this node that hold or are taking that membership
         self._held: dict[tuple[str, str], set[str]] = {}
+        # Listened on (SSUBSCRIBE, on its slot's master) while the node runs: a resume
+        # elsewhere learns from SPUBLISH's count whether this node will hand a backlog over.
+        self._channels[keys.node_channel(node_id).encode()] = ""
 
     async def _connect(self) -> None:
         """Slot map, a pipe per master, scripts, liveness key, sharded subscriptions."""
@@ -127,14 +132,13 @@ class ClusterBackend(SupervisedBackend):
         self, room: str, peer: str, conn: str, fresh: bytes, takeover: bytes, limit: int = 0,
         token: str = "",
     ) -> list[str]:
-        """`token` is not kept: a cluster is not `resumable` (see the class)."""
         owner, steps = self._owner(conn), self._steps
         self._hold(room, peer, conn)
         try:
             await steps.index(self.node_id, room, peer, add=True)  # the journal entry first
-            reply = await steps.room_script(cluster_scripts.JOIN, room, peer, owner,
+            reply = await steps.peer_script(cluster_scripts.JOIN, room, peer, owner,
                                             self.keys.room_channel(room), fresh, takeover,
-                                            limit)
+                                            limit, token)
         except BaseException:
             self._release(room, peer, conn)  # the entry stays: the membership may exist
             raise
@@ -185,3 +189,43 @@ class ClusterBackend(SupervisedBackend):
     async def publish(self, room: str, envelope: bytes) -> asyncio.Future[None]:
         channel = self.keys.room_channel(room)
         return await self._submit(channel, "SPUBLISH", channel, envelope)
+
+    # -- session resume (contract §6) ------------------------------------------------------
+
+    async def stash(self, room: str, peer: str, frames: list[bytes], ttl: float
+                    ) -> asyncio.Future[None]:
+        key = self.keys.backlog(room, peer)
+        return await self._submit(key, "EVALSHA", STASH.sha, 1, key, int(ttl * 1000), *frames)
+
+    async def resume(self, room: str, peer: str, conn: str, token: str, new_token: str,
+                     envelope: bytes) -> Resumed | None:
+        """The journal's order: this node's index entry, the room script, then the old
+        node's entry goes and its channel is asked whether it still listens."""
+        steps = self._steps
+        self._hold(room, peer, conn)
+        try:
+            await steps.index(self.node_id, room, peer, add=True)
+            reply = await self._run(
+                "EVALSHA", cluster_scripts.RESUME.sha, 3, self.keys.room_peers(room),
+                self.keys.room_conns(room), self.keys.room_resume(room), peer,
+                self._owner(conn), self.keys.room_channel(room), token, new_token, envelope)
+        except BaseException:
+            self._release(room, peer, conn)  # the entry stays: the membership may be ours
+            raise
+        if reply is None:
+            if self._release(room, peer, conn):
+                await steps.unindex(self.node_id, room, peer)
+            return None
+        previous, *members = reply
+        holder = bytes(previous).decode().rpartition("/")[0]
+        if holder != self.node_id:
+            await steps.index(holder, room, peer, add=False)
+        channel = self.keys.node_channel(holder)
+        listening = await self._run("SPUBLISH", channel, peer)
+        return Resumed([m.decode() for m in members if m != peer.encode()], holder,
+                       listening > 0)
+
+    async def take_backlog(self, room: str, peer: str) -> list[bytes]:
+        key = self.keys.backlog(room, peer)
+        frames: list[bytes] = await self._run("EVALSHA", TAKE.sha, 1, key)
+        return frames

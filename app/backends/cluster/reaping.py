@@ -22,8 +22,9 @@ BATCH = 100  # entries of a dead node finished concurrently
 
 
 class StepsReaper(Reaper):
-    def __init__(self, client: RedisCluster, keys: Keys, events_maxlen: int = 0) -> None:
-        super().__init__(client, keys, events_maxlen)
+    def __init__(self, client: RedisCluster, keys: Keys, events_maxlen: int = 0,
+                 grace: float = 0.0) -> None:
+        super().__init__(client, keys, events_maxlen, grace)
         self._cluster = client
         self._steps = Steps(client.execute_command, keys, events_maxlen)
 

@@ -6,7 +6,8 @@ atomic step and the channel stays an ordered log of the room. What lives on othe
 (`sig:rooms`, the node index, the events stream) is left to the caller, which the scripts
 tell what changed (`cluster_steps.py` does the rest, in a crash-safe order).
 
-KEYS for the membership scripts: room peers set, room conns hash.
+KEYS for the membership scripts: room peers set, room conns hash; JOIN, LEAVE and RESUME
+also take the room's resume hash and the peer's backlog list (contract §6).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from app.backends.rediswire.scripts import SYNC, Script
+from app.backends.rediswire.scripts import STASH, SYNC, TAKE, Script
 
-# ARGV: peer, owner (node/conn), channel, fresh envelope, takeover envelope, limit (0: none)
+# KEYS: room peers set, room conns hash, room resume hash, the peer's backlog
+# ARGV: peer, owner (node/conn), channel, fresh envelope, takeover envelope, limit (0: none),
+#       resume token digest ('': none)
 # Returns nil when the room is full, else {state, members before the join...} where state
 # is 'first' (the room was empty), 'fresh' (a new member) or 'taken' (the peer id was a
-# member already: another connection owned it and this one takes over).
+# member already: another connection owned it and this one takes over). Either way the
+# peer starts without a backlog, with this token.
 JOIN = Script(
     "cluster-join",
     """
@@ -29,6 +33,9 @@ local limit = tonumber(ARGV[6])
 if limit > 0 and not present and #members >= limit then return false end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[7])
+else redis.call('HDEL', KEYS[3], ARGV[1]) end
+redis.call('DEL', KEYS[4])
 local state = 'taken'
 if present then
   redis.call('SPUBLISH', ARGV[3], ARGV[5])
@@ -41,7 +48,9 @@ return members
 """,
 )
 
+# KEYS: room peers set, room conns hash, room resume hash, the peer's backlog
 # ARGV: peer, owner (node/conn), channel, leave envelope, announce if absent (0/1)
+# A removed membership takes its resume token and backlog with it.
 # Returns {outcome, room now empty (0/1), current owner or ''}; outcome is 'removed' (owner
 # owned it: removed and published), 'announced' (nobody owns it and ARGV[5] is 1:
 # published), 'absent' (nobody owns it: nothing published) or 'owned' (another connection
@@ -54,6 +63,8 @@ local outcome = 'absent'
 if current == ARGV[2] then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('DEL', KEYS[4])
   outcome = 'removed'
 elseif current then
   return {'owned', 0, current}
@@ -83,6 +94,27 @@ return {'added', was_empty}
 )
 
 
+# KEYS: room peers set, room conns hash, room resume hash
+# ARGV: peer, new owner (node/conn), channel, token digest, new token digest, resume envelope
+# Contract §6, the room's part: if the membership holds this digest, the new connection owns
+# it, the new digest replaces the old and the resume envelope goes out. Returns
+# {old owner, members...} or nil. The node indexes and the old node's channel are the
+# caller's (`ClusterBackend.resume`), in the journal's order.
+RESUME = Script(
+    "cluster-resume",
+    """
+local current = redis.call('HGET', KEYS[2], ARGV[1])
+if not current or redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[4] then return false end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+redis.call('SPUBLISH', ARGV[3], ARGV[6])
+local members = redis.call('SMEMBERS', KEYS[1])
+table.insert(members, 1, current)
+return members
+""",
+)
+
+
 def _sharded(script: Script) -> Script:
     """The same script, publishing on the room's shard channel."""
     assert "'PUBLISH'" in script.source
@@ -91,7 +123,7 @@ def _sharded(script: Script) -> Script:
 
 SYNC_SHARDED = _sharded(SYNC)
 
-ALL = (JOIN, LEAVE, REJOIN, SYNC_SHARDED)
+ALL = (JOIN, LEAVE, REJOIN, SYNC_SHARDED, RESUME, STASH, TAKE)  # the last two: one key
 
 
 async def load_all(client: Redis | RedisCluster) -> None:

@@ -62,6 +62,12 @@ class Steps:
         return await self.run("EVALSHA", script.sha, 2, k.room_peers(room), k.room_conns(room),
                               *args)
 
+    async def peer_script(self, script: Script, room: str, peer: str, *args: Any) -> Any:
+        """A room script that also touches the room's resume hash and `peer`'s backlog."""
+        k = self.keys
+        return await self.run("EVALSHA", script.sha, 4, k.room_peers(room), k.room_conns(room),
+                              k.room_resume(room), k.backlog(room, peer), peer, *args)
+
     async def index(self, node: str, room: str, peer: str, add: bool) -> None:
         await self.run("SADD" if add else "SREM", self.keys.node_peers(node), f"{room}/{peer}")
 
@@ -92,7 +98,7 @@ class Steps:
     async def remove(self, room: str, peer: str, owner: str, envelope: bytes,
                      announce_absent: bool) -> Removal:
         """The leave script, then the listing and the events (not the node index)."""
-        reply = await self.room_script(cluster_scripts.LEAVE, room, peer, owner,
+        reply = await self.peer_script(cluster_scripts.LEAVE, room, peer, owner,
                                        self.keys.room_channel(room), envelope,
                                        int(announce_absent))
         outcome, empty, current = bytes(reply[0]), bool(reply[1]), bytes(reply[2]).decode()
