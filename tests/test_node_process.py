@@ -54,7 +54,8 @@ def test_bad_configuration_exits_2_naming_the_variable() -> None:
 
 async def test_sigterm_closes_peers_with_1001_and_removes_them(redis_server: RedisServer
                                                                ) -> None:
-    env = {"REDIS_URL": redis_server.url, "KEY_PREFIX": "term:"}
+    # RESUME_SECONDS 0: the §3 drain (with resume, alice is held; tests/test_resume.py)
+    env = {"REDIS_URL": redis_server.url, "KEY_PREFIX": "term:", "RESUME_SECONDS": "0"}
     one, two = NodeProcess({**env, "NODE_ID": "term1"}), NodeProcess({**env, "NODE_ID": "term2"})
     one.start()
     two.start()

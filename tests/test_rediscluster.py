@@ -120,7 +120,9 @@ async def test_a_killed_node_is_reaped_on_every_master_with_its_room_events(
     """Without `workers.reaper` the surviving nodes sweep the dead one themselves."""
     prefix = f"kill{time.monotonic_ns() % 10**6}:"
     keys = Keys(prefix)
-    env = {"REDIS_URL": redis_cluster.url, "KEY_PREFIX": prefix, "WEBHOOK_EVENTS": "1"}
+    # RESUME_SECONDS 0: the §3 bound itself (with resume, the grace comes first)
+    env = {"REDIS_URL": redis_cluster.url, "KEY_PREFIX": prefix, "WEBHOOK_EVENTS": "1",
+           "RESUME_SECONDS": "0"}
     nodes = [NodeProcess({**env, "NODE_ID": f"keep{i}"}) for i in range(2)]
     doomed = NodeProcess({**env, "NODE_ID": "doomed"})
     reaper = NodeProcess(env, argv=[sys.executable, "-m", "workers.reaper"])

@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -81,8 +82,9 @@ class SignalingService:
         )
         self.draining = False
         self.repair = Repair(self.rooms, backend)
-        self._no_rooms = asyncio.Event()
-        self._no_rooms.set()
+        # Drain and shutdown wait for conditions on what is left here (`_until`).
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Event]] = []
+        self._closing_at = 0.0  # Unix time of the first close_all: holds it made are newer
         # Resume is on when configured and the backend keeps backlogs (every one here does).
         self.resume_seconds = rules.resume_seconds if backend.resumable else 0.0
         self._held: set[Held] = set()
@@ -226,6 +228,7 @@ class SignalingService:
         for frame in peer.unsent():
             held.send(frame)
         log.debug("peer held for resume", room=peer.room, peer=peer.id, conn=peer.conn)
+        self._changed()
         return held
 
     def _new_held(self, old: Member) -> Held:
@@ -290,6 +293,7 @@ class SignalingService:
 
     def _forget_held(self, held: Held) -> None:
         self._held.discard(held)
+        self._changed()
         if held.timer is not None:
             held.timer.cancel()
             held.timer = None
@@ -308,9 +312,12 @@ class SignalingService:
                 held.send(frame)
             old.close(CLOSE_REPLACED, "resumed on another connection")
             local.conns[held.conn] = held
+            self._held.add(held)
         if held.ended:
             return
-        self._forget_held(held)
+        if held.timer is not None:  # it stays in `_held` (a drain waits) until `handed` is out
+            held.timer.cancel()
+            held.timer = None
         held.handing_to = conn
         self.write_backlog(held)
 
@@ -391,6 +398,7 @@ class SignalingService:
         async with local.lock:
             if local.conns.get(peer.conn) is peer:  # not a hold that took its place
                 del local.conns[peer.conn]
+            self._changed()
             if local.conns or not local.subscribed:
                 return
             local.subscribed = False
@@ -403,14 +411,38 @@ class SignalingService:
         if limit and len(self.rooms) >= limit:
             raise NodeFull(f"this node already hosts {limit} rooms")
         local = self.rooms[room] = LocalRoom(room)
-        self._no_rooms.clear()
         return local
 
     def _forget_if_empty(self, local: LocalRoom) -> None:
         if not local.conns and self.rooms.get(local.name) is local:
             del self.rooms[local.name]
-            if not self.rooms:
-                self._no_rooms.set()
+
+    def _no_connections(self) -> bool:
+        """Nothing left to serve: every member here is a session held for resume."""
+        return all(isinstance(m, Held) for local in self.rooms.values()
+                   for m in local.conns.values())
+
+    def _settled(self) -> bool:
+        """No connection left, and every session the closing held has resumed elsewhere
+        (sessions lost before it are not waited for: their clients went earlier)."""
+        return self._no_connections() and not any(
+            held.since >= self._closing_at for held in self._held)
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        """Wait until `condition` holds; it is looked at whenever a member goes."""
+        if condition():
+            return
+        event = asyncio.Event()
+        self._waiters.append((condition, event))
+        try:
+            await event.wait()
+        finally:
+            self._waiters.remove((condition, event))
+
+    def _changed(self) -> None:
+        for condition, event in self._waiters:
+            if condition():
+                event.set()
 
     def _new_peer(self, room: str, peer_id: str) -> Member:
         return self._new_member(room, peer_id, new_conn_id(), self.rules.rate.new())
@@ -434,23 +466,27 @@ class SignalingService:
         loop = asyncio.get_running_loop()
         if self._close_by is None:  # a drain, then the shutdown: one wait in all
             self._close_by = loop.time() + within
+            self._closing_at = time.time()
         for peer in self.peers():
             if not isinstance(peer, Held):
                 peer.close(code, reason)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._no_rooms.wait(), max(0.0, self._close_by - loop.time()))
+            await asyncio.wait_for(self._until(self._settled),
+                                   max(0.0, self._close_by - loop.time()))
 
     async def drain(self, seconds: float, now: asyncio.Event) -> None:
         """Refuse new peers at once; after `seconds` (or when `now` is set) close the rest.
 
-        Clients closed with 1001 reconnect through the load balancer to another node. A node
-        without peers, or whose last peer leaves meanwhile, has nothing to wait for: new
-        upgrades are refused already, so it stops at once.
+        Clients closed with 1001 reconnect through the load balancer to another node (and
+        resume there). A node without connections (held sessions have none), or whose last
+        one ends meanwhile, has nothing to wait for: new upgrades are refused already, so it
+        stops at once.
         """
         self.draining = True
         self.metrics.set_draining(True)
         log.info("draining", seconds=seconds, peers=len(self.peers()))
-        waits = [asyncio.ensure_future(now.wait()), asyncio.ensure_future(self._no_rooms.wait())]
+        waits = [asyncio.ensure_future(now.wait()),
+                 asyncio.ensure_future(self._until(self._no_connections))]
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
