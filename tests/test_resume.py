@@ -17,6 +17,7 @@ from signaling_client.client import Closed, Refused, SignalingClient
 from signaling_client.events import Frame, NewPeer, Offer, PeerLeft, ServerError, Welcome
 from signaling_client.reconnect import Backoff, NotConnected, ReconnectingClient
 
+from app.backends.rediswire.clients import close_client, plain_client
 from tests.support.cluster import unique
 from tests.support.http import scrape
 from tests.support.peers import barrier, close_all, connect, drop, summary
@@ -27,9 +28,10 @@ GRACE = 3.0
 BACKLOG = 100
 
 
-def resume_nodes(redis: RedisServer, count: int, **env: str) -> list[NodeProcess]:
+def resume_nodes(redis: RedisServer | str, count: int, **env: str) -> list[NodeProcess]:
+    url = redis if isinstance(redis, str) else redis.url
     prefix = unique("res") + ":"
-    nodes = [NodeProcess({"REDIS_URL": redis.url, "NODE_ID": unique(f"r{i}"),
+    nodes = [NodeProcess({"REDIS_URL": url, "NODE_ID": unique(f"r{i}"),
                           "KEY_PREFIX": prefix, "RESUME_SECONDS": str(GRACE),
                           "RESUME_BACKLOG": str(BACKLOG), "NODE_TTL_SECONDS": "2", **env})
              for i in range(count)]
@@ -265,16 +267,33 @@ async def test_held_sessions_count_against_the_clients_connection_limit(
         node.close()
 
 
-@pytest.fixture
-async def trio(redis_server: RedisServer) -> AsyncIterator[list[NodeProcess]]:
-    nodes = resume_nodes(redis_server, 3, RESUME_SECONDS="4")
+@pytest.fixture(params=["redis", "rediscluster"])
+async def trio(request: pytest.FixtureRequest) -> AsyncIterator[list[NodeProcess]]:
+    """Three nodes on one redis-server, or on a Redis Cluster (3 masters)."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+    nodes = resume_nodes(url, 3, RESUME_SECONDS="4")
     yield nodes
     for node in nodes:
         node.close()
 
 
+async def redis_state(url: str, prefix: str, room: str, node: str) -> tuple[list[str], list[str]]:
+    """The room's members, and every key of `node` (on every master of a cluster)."""
+    client = plain_client(url)
+    try:
+        raw = await client.smembers(f"{prefix}room:{{{room}}}:peers")
+        members = sorted(m.decode() for m in raw)
+        keys = [k async for k in client.scan_iter(match=f"{prefix}node:{{{node}}}*")]
+        return members, keys
+    finally:
+        await close_client(client)
+
+
 async def test_a_crashed_nodes_peers_resume_elsewhere_or_leave_after_the_grace(
-        trio: list[NodeProcess], redis_server: RedisServer) -> None:
+        trio: list[NodeProcess]) -> None:
     """kill -9, no reaper: the nodes alone hold the dead node's peers for the grace."""
     room = unique("crash")
     a = await connect(trio[0].url, room, "a")
@@ -300,15 +319,15 @@ async def test_a_crashed_nodes_peers_resume_elsewhere_or_leave_after_the_grace(
         assert left.data == "y"
         took = time.monotonic() - crashed
         assert took <= 4 + 2, took
-    print(f"kill -9, no reaper, RESUME_SECONDS=4: resumed elsewhere, the other peer's "
-          f"peer-left {took:.2f}s after the crash")
+    print(f"kill -9, no reaper, RESUME_SECONDS=4 ({trio[0].env['REDIS_URL'][:14]}): resumed "
+          f"elsewhere, the other peer's peer-left {took:.2f}s after the crash")
     seen = await barrier([a, b, x], via=a)
     for client in (a, b, x):
         assert ("peer-left", "x") not in summary(seen[client])
-    keys = redis_server.cli("--scan", "--pattern", f"{trio[0].env['KEY_PREFIX']}node:{{{dead}}}*")
-    assert keys.strip() == ""
-    members = redis_server.cli("SMEMBERS", f"{trio[0].env['KEY_PREFIX']}room:{{{room}}}:peers")
-    assert sorted(members.split()) == ["a", "b", "x"]
+    members, keys = await redis_state(trio[0].env["REDIS_URL"], trio[0].env["KEY_PREFIX"],
+                                      room, dead)
+    assert keys == []  # no key of the dead node remains (on any master)
+    assert members == ["a", "b", "x"]
     await close_all(a, b, x)
 
 
@@ -391,5 +410,6 @@ async def test_a_rolling_restart_under_relay_load_ends_no_call(trio: list[NodePr
         assert welcomes[name][0] is False and all(welcomes[name][1:]), welcomes
     moves = sum(len(w) - 1 for w in welcomes.values())
     assert moves >= 6  # every client moved at least once
-    print(f"rolling restart of 3 nodes: {sum(sent.values())} relays in 3 pairs, "
+    print(f"rolling restart of 3 nodes ({trio[0].env['REDIS_URL'][:14]}): "
+          f"{sum(sent.values())} relays in 3 pairs, "
           f"{moves} resumes, 0 lost, 0 duplicated, 0 peer-left")
