@@ -36,8 +36,11 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
-    """Whether a server could listen on 127.0.0.1:`port` now."""
+    """Whether a server could listen on 127.0.0.1:`port` now. Servers (nginx, the nodes,
+    redis-server) set SO_REUSEADDR, so connections of a run that just ended, still in
+    TIME_WAIT on that port, do not stop them; nor do they stop this check."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -20,7 +20,7 @@ import pytest
 from signaling_client.client import SignalingClient
 
 import deploy.local
-from deploy.children import LaunchError
+from deploy.children import LaunchError, port_free
 from tests.support.peers import barrier
 from tests.support.procs import ROOT, free_port
 from tests.support.wait import wait_until
@@ -213,3 +213,23 @@ def test_launcher_names_the_debian_package_of_a_missing_program(
     monkeypatch.setattr(deploy.local, "SYSTEM_DIRS", str(tmp_path))
     with pytest.raises(LaunchError, match=r"nginx not found: .*apt-get install nginx-light"):
         deploy.local.find_programs(need_redis=True)
+
+
+def test_a_port_whose_last_connections_linger_in_time_wait_counts_as_free() -> None:
+    """Starting the launcher again right after a run: the run's closed connections sit in
+    TIME_WAIT on its ports, which no server minds (SO_REUSEADDR); the check must not."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    served.close()  # the server side closes first: its end goes to TIME_WAIT
+    client.close()
+    listener.close()
+    assert port_free(port)
+    with socket.socket() as busy:  # and a port with a listener is still taken
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert not port_free(busy.getsockname()[1])
