@@ -109,6 +109,32 @@ async def test_a_blip_loses_nothing_and_nobody_is_told(pair: list[NodeProcess],
     await close_all(a, watcher, b2)
 
 
+@pytest.mark.parametrize("where", ["same-node", "other-node"])
+async def test_a_resume_while_the_old_connection_still_looks_alive_takes_it_over(
+        pair: list[NodeProcess], where: str) -> None:
+    """The client noticed the loss before its node did (a half-open TCP connection): the
+    resume closes the old connection with 4001 and goes on; nobody else is told."""
+    room = unique("halfopen")
+    a = await connect(pair[0].url, room, "a")
+    b = await connect(pair[1].url, room, "b")
+    await a.next_of("new-peer")
+    await a.offer("b", "before")
+    assert (await b.recv()).data == "before"
+    target = pair[1] if where == "same-node" else pair[0]
+    b2 = await connect(target.url, room, "b", resume=b.resume_token)
+    assert b2.resumed
+    with pytest.raises(Closed) as closed:
+        while True:
+            await b.recv(timeout=5)
+    assert closed.value.code == 4001
+    await b.close()
+    await a.offer("b", "after")
+    assert (await b2.recv()).data == "after"
+    seen = await barrier([a, b2], via=a)
+    assert summary(seen[a]) == [] and summary(seen[b2]) == []
+    await close_all(a, b2)
+
+
 async def test_a_stale_or_wrong_token_is_an_ordinary_join(pair: list[NodeProcess]) -> None:
     room = unique("stale")
     a = await connect(pair[0].url, room, "a")
