@@ -64,6 +64,21 @@ async def gone(client: SignalingClient) -> None:
     await client.close()
 
 
+async def away(nodes: list[NodeProcess], tag: str) -> tuple[str, SignalingClient, str, float]:
+    """A fresh room with a on nodes[0] and b on nodes[1], then b's TCP cut and noticed by
+    the client: the room, a, b's resume token, and when b was cut (monotonic)."""
+    room = unique(tag)
+    a = await connect(nodes[0].url, room, "a")
+    b = await connect(nodes[1].url, room, "b")
+    token = b.resume_token
+    assert token is not None
+    await a.next_of("new-peer")
+    drop(b)
+    lost = time.monotonic()
+    await gone(b)
+    return room, a, token, lost
+
+
 def relays(frames: list[Frame]) -> list[tuple[str, object]]:
     return [(f.type, f.data) for f in frames if f.type in ("offer", "chat")]
 
@@ -136,13 +151,7 @@ async def test_a_resume_while_the_old_connection_still_looks_alive_takes_it_over
 
 
 async def test_a_stale_or_wrong_token_is_an_ordinary_join(pair: list[NodeProcess]) -> None:
-    room = unique("stale")
-    a = await connect(pair[0].url, room, "a")
-    b = await connect(pair[1].url, room, "b")
-    first = b.resume_token
-    await a.next_of("new-peer")
-    drop(b)
-    await gone(b)
+    room, a, first, _ = await away(pair, "stale")
     b = await connect(pair[0].url, room, "b", resume=first)
     assert b.resumed  # the newest token: it resumes, and gets a new one
     drop(b)
@@ -160,14 +169,7 @@ async def test_a_stale_or_wrong_token_is_an_ordinary_join(pair: list[NodeProcess
 
 async def test_an_unresumed_session_is_announced_within_the_grace(
         pair: list[NodeProcess]) -> None:
-    room = unique("expire")
-    a = await connect(pair[0].url, room, "a")
-    b = await connect(pair[1].url, room, "b")
-    token = b.resume_token
-    await a.next_of("new-peer")
-    drop(b)
-    lost = time.monotonic()
-    await gone(b)
+    room, a, token, lost = await away(pair, "expire")
     left = await a.next_of("peer-left", timeout=GRACE + 5)
     waited = time.monotonic() - lost
     assert left.data == "b"
@@ -180,13 +182,7 @@ async def test_an_unresumed_session_is_announced_within_the_grace(
 
 
 async def test_an_overflowing_backlog_ends_the_session(pair: list[NodeProcess]) -> None:
-    room = unique("overflow")
-    a = await connect(pair[0].url, room, "a")
-    b = await connect(pair[1].url, room, "b")
-    token = b.resume_token
-    await a.next_of("new-peer")
-    drop(b)
-    await gone(b)
+    room, a, token, _ = await away(pair, "overflow")
     await held(pair[1], 1)
     for i in range(BACKLOG + 1):
         await a.offer("b", i)
@@ -235,13 +231,7 @@ async def test_a_drain_keeps_sessions_held_that_do_not_come_back_for_the_grace(
     grace = 3.0
     nodes = resume_nodes(redis_server, 2, RESUME_SECONDS=str(grace))
     try:
-        room = unique("drain")
-        a = await connect(nodes[0].url, room, "a")
-        b = await connect(nodes[1].url, room, "b")
-        await a.next_of("new-peer")
-        drop(b)
-        lost = time.monotonic()
-        await gone(b)
+        _, a, _, lost = await away(nodes, "drain")
         await held(nodes[1], 1)
         await asyncio.to_thread(nodes[1].stop)
         assert time.monotonic() - lost < 0.2 + 5  # DRAIN_SECONDS + 5

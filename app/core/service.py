@@ -225,14 +225,16 @@ class SignalingService:
         self._held.add(held)
         held.timer = asyncio.get_running_loop().call_later(
             self.resume_seconds, self.end_hold, held, True)
-        for frame in peer.unsent():
-            held.send(frame)
         log.debug("peer held for resume", room=peer.room, peer=peer.id, conn=peer.conn)
         self._changed()
         return held
 
     def _new_held(self, old: Member) -> Held:
-        return Held(old, self.rules.resume_backlog, self.rules.resume_backlog_bytes, self)
+        """A hold in `old`'s place, starting with what `old` never got to write."""
+        held = Held(old, self.rules.resume_backlog, self.rules.resume_backlog_bytes, self)
+        for frame in old.unsent():
+            held.send(frame)
+        return held
 
     def write_backlog(self, held: Held) -> None:
         if held.writer is None:
@@ -308,8 +310,6 @@ class SignalingService:
         else:  # still connected here (its client noticed the loss first): take it over
             held = self._new_held(old)
             old.replaced = True
-            for frame in old.unsent():
-                held.send(frame)
             old.close(CLOSE_REPLACED, "resumed on another connection")
             local.conns[held.conn] = held
             self._held.add(held)
